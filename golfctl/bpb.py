@@ -1,0 +1,65 @@
+"""Bits-per-byte accounting by the challenge's rule (DESIGN.md, "BPB").
+
+Each target token is worth the UTF-8 bytes of its piece without the leading `▁`, plus one
+byte for that `▁` unless the previous token is a boundary; byte-fallback pieces are worth 1;
+control, unknown and unused pieces are worth 0 and are boundaries. The leading space is
+counted in exactly one place (`target_bytes`), never in the table as well.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import sentencepiece as spm
+
+from golfctl.tokenizer import SPACE_PIECE
+
+
+@dataclass(frozen=True)
+class ByteTables:
+    """Per-token-id lookup tables, each of shape (vocab,)."""
+
+    base_bytes: np.ndarray  # int64: UTF-8 bytes of the piece without its leading ▁
+    leading_space: np.ndarray  # bool: the piece starts with ▁ (worth one more byte after a non-boundary)
+    boundary: np.ndarray  # bool: control / unknown / unused
+
+    @classmethod
+    def from_tokenizer(cls, sp: spm.SentencePieceProcessor) -> "ByteTables":
+        vocab = sp.vocab_size()
+        base = np.zeros(vocab, dtype=np.int64)
+        space = np.zeros(vocab, dtype=bool)
+        boundary = np.zeros(vocab, dtype=bool)
+        for i in range(vocab):
+            if sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i):
+                boundary[i] = True
+            elif sp.is_byte(i):
+                base[i] = 1  # one raw byte, whatever its "<0xAB>" spelling
+            else:
+                piece = sp.id_to_piece(i)
+                if piece.startswith(SPACE_PIECE):
+                    space[i] = True
+                    piece = piece[len(SPACE_PIECE):]
+                base[i] = len(piece.encode("utf-8"))
+        return cls(base, space, boundary)
+
+    def target_bytes(self, prev_ids: np.ndarray, target_ids: np.ndarray) -> np.ndarray:
+        """Bytes of each target given the token before it; same shape as the inputs."""
+        prev_ids = np.asarray(prev_ids, dtype=np.int64)
+        target_ids = np.asarray(target_ids, dtype=np.int64)
+        return self.base_bytes[target_ids] + (self.leading_space[target_ids] & ~self.boundary[prev_ids])
+
+    def stream_bytes(self, tokens: np.ndarray) -> int:
+        """Total bytes of every target of a token stream (all tokens but the first)."""
+        tokens = np.asarray(tokens)
+        if tokens.size < 2:
+            return 0
+        return int(self.target_bytes(tokens[:-1], tokens[1:]).sum())
+
+
+def bits_per_byte(nll_sum_nats: float, n_bytes: int) -> float:
+    """(Σ nll / ln 2) / Σ bytes, with the sums taken in float64 by the caller."""
+    if n_bytes <= 0:
+        raise ValueError("bits per byte needs a positive byte count")
+    return float(nll_sum_nats) / math.log(2.0) / float(n_bytes)

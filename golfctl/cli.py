@@ -1,0 +1,63 @@
+"""The `golfctl` command line: one thin command per stage that parses options and calls the stage."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from golfctl import __version__
+from golfctl.errors import UserError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="golfctl")
+def cli() -> None:
+    """Train, compress and score Parameter Golf language models, one stage at a time."""
+
+
+@cli.command("tokenize")
+@click.option("--corpus", default="shakespeare", show_default=True,
+              help="`shakespeare` (embedded plays), a .jsonl with a `text` field per line, a .txt file or a folder of .txt files.")
+@click.option("--vocab-size", type=int, default=1024, show_default=True, help="Tokenizer vocabulary (at most 65,536).")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Dataset folder to create.")
+@click.option("--tokenizer", type=click.Path(path_type=Path), default=None,
+              help="Reuse this SentencePiece .model instead of training one.")
+@click.option("--val-docs", type=click.IntRange(min=0), default=None,
+              help="The first N documents form the validation split [default: 4 plays for shakespeare, 50,000 for .jsonl, 1 for a folder, 0 for a .txt].")
+@click.option("--shard-tokens", type=int, default=100_000_000, show_default=True, help="Tokens per shard file.")
+@click.option("--threads", type=click.IntRange(min=0), default=0, help="Encoding threads [default: all cores].")
+@click.option("--force", is_flag=True, help="Replace an existing dataset in --out.")
+def tokenize_command(corpus, vocab_size, out, tokenizer, val_docs, shard_tokens, threads, force) -> None:
+    """Train a tokenizer and write challenge-format train/val shards with a manifest."""
+    from stages.tokenize import TokenizeConfig, run_tokenize
+
+    run_tokenize(TokenizeConfig(out=out, corpus=corpus, vocab_size=vocab_size, tokenizer=tokenizer,
+                                val_docs=val_docs, shard_tokens=shard_tokens, force=force, threads=threads))
+
+
+@cli.command("inspect")
+@click.argument("path", type=click.Path(path_type=Path))
+def inspect_command(path: Path) -> None:
+    """Print a file's kind, format version and metadata; check its sizes and checksums."""
+    from golfctl.describe import describe
+
+    for line in describe(path):
+        click.echo(line)
+
+
+def main() -> None:
+    """Console entry point: user errors become one `Error:` line and a non-zero exit."""
+    try:
+        code = cli.main(standalone_mode=False)
+    except UserError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (click.Abort, KeyboardInterrupt):
+        click.echo("Error: interrupted; nothing was left under the output name", err=True)
+        sys.exit(130)
+    sys.exit(code or 0)

@@ -1,0 +1,74 @@
+"""`golfctl inspect`: recognise any golfctl file kind, print what it holds, check sizes and checksums."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from golfctl.dataset import MANIFEST_NAME, Dataset, checksum_mismatches, open_dataset
+from golfctl.errors import UserError
+from golfctl.shards import HEADER_BYTES, MAGIC, load_shard
+from golfctl.tokenizer import check_shard_tokenizer, load_tokenizer
+
+
+def describe(path: str | Path) -> list[str]:
+    """Lines describing `path`; raises UserError if it is unknown, corrupt or fails a check."""
+    path = Path(path)
+    if path.is_dir():
+        return describe_dataset(open_dataset(path))
+    if path.name == MANIFEST_NAME:
+        return describe_dataset(open_dataset(path.parent))
+    if not path.is_file():
+        raise UserError(f"{path} does not exist")
+    head = path.read_bytes()[:HEADER_BYTES] if path.stat().st_size < (1 << 20) else _head(path)
+    if len(head) >= 4 and int.from_bytes(head[:4], "little") == MAGIC:
+        return describe_shard(path)
+    if path.suffix == ".model":
+        return describe_tokenizer(path)
+    raise UserError(f"{path} is not a file kind golfctl knows (dataset folder, shard, tokenizer model)")
+
+
+def _head(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(HEADER_BYTES)
+
+
+def describe_shard(path: Path) -> list[str]:
+    tokens = load_shard(path)
+    lines = [f"{path}: token shard (magic 20240520, version 1)", f"  tokens      {tokens.size:,}"]
+    if tokens.size:
+        lines.append(f"  documents   {int(np.count_nonzero(tokens == 1)):,} (BOS tokens)")
+        lines.append(f"  max id      {int(tokens.max())}")
+    return lines
+
+
+def describe_tokenizer(path: Path) -> list[str]:
+    sp = load_tokenizer(path)
+    check_shard_tokenizer(sp, str(path))
+    n_bytes = sum(sp.is_byte(i) for i in range(sp.vocab_size()))
+    return [f"{path}: SentencePiece tokenizer", f"  vocab       {sp.vocab_size():,} ({n_bytes} byte-fallback pieces)",
+            f"  bos/eos/unk {sp.bos_id()}/{sp.eos_id()}/{sp.unk_id()}"]
+
+
+def describe_dataset(ds: Dataset) -> list[str]:
+    m = ds.manifest
+    if m is None:
+        lines = [f"{ds.root}: dataset folder without manifest (official challenge layout)",
+                 "  tokenizer   not included: pass the challenge's .model file where a stage asks for it"]
+    else:
+        tok = m["tokenizer"]
+        lines = [f"{ds.root}: dataset ({m['format']} v{m['version']})",
+                 f"  source      {m['source']['kind']}: {m['source']['name']}, {m['source']['documents']:,} documents",
+                 f"  tokenizer   {tok['file']}  vocab {tok['vocab_size']:,}  sha256 {tok['sha256'][:16]}…"]
+    for split in ds.splits.values():
+        docs = "?" if split.docs is None else f"{split.docs:,}"
+        n_bytes = "" if split.bytes is None else f"  {split.bytes:,} bytes"
+        lines.append(f"  {split.name:<5}       {docs} docs  {split.tokens:,} tokens{n_bytes}  {len(split.shards)} shard(s)")
+        lines.extend(f"    {s.path.name}  {s.tokens:,} tokens" for s in split.shards)
+    problems = checksum_mismatches(ds)
+    if problems:
+        raise UserError(f"{ds.root} failed its checksums: " + "; ".join(problems) + "; re-create it with `golfctl tokenize`")
+    checked = sum(s.sha256 is not None for split in ds.splits.values() for s in split.shards)
+    lines.append(f"  checks      sizes ok; {checked} shard checksum(s) ok" if m else "  checks      sizes ok (no checksums published)")
+    return lines
