@@ -132,13 +132,18 @@ def _tokenizer_model(cfg: TokenizeConfig, corpus: Corpus, val_docs: int) -> byte
     _say(f"tokenize: training a {cfg.vocab_size}-token BPE tokenizer on the training documents")
     try:
         model = train_tokenizer(training_pieces(train), cfg.vocab_size)
-    finally:
+    except UserError:
         train.reraise()
-    if train.docs == 0:
-        raise UserError(
-            f"no training documents to train a tokenizer on (the corpus's first {val_docs:,} documents are "
-            "validation); pass a smaller --val-docs or reuse a tokenizer with --tokenizer"
-        )
+        if train.seen == 0:
+            raise UserError(f"corpus {corpus.name} holds no documents") from None
+        if train.bytes == 0:
+            raise UserError(
+                f"no training text to train a tokenizer on: the corpus's {train.seen:,} documents are "
+                f"validation (the first {val_docs:,}) or empty: use a larger corpus, a smaller --val-docs, "
+                "or reuse a tokenizer with --tokenizer"
+            ) from None
+        raise
+    train.reraise()
     _say(f"tokenize: trained on {train.docs:,} documents ({train.bytes / 1e6:,.1f} MB)")
     return model
 
@@ -153,6 +158,7 @@ class _TrainingDocuments:
     def __init__(self, corpus: Corpus, val_docs: int):
         self.corpus = corpus
         self.val_docs = val_docs
+        self.seen = 0
         self.docs = 0
         self.bytes = 0
         self.error: UserError | None = None
@@ -160,9 +166,10 @@ class _TrainingDocuments:
     def __iter__(self) -> Iterator[str]:
         try:
             for index, doc in enumerate(self.corpus.documents()):
+                self.seen += 1
                 if index >= self.val_docs:
                     self.docs += 1
-                    self.bytes += len(doc.encode("utf-8"))
+                    self.bytes += len(doc.strip().encode("utf-8"))
                     yield doc
         except UserError as exc:
             self.error = exc
