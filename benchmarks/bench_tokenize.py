@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib.util
+import itertools
 import json
 import os
 import re
@@ -72,7 +73,7 @@ def main() -> int:
     for name, (seconds, _) in results.items():
         print(f"{name:<10} {seconds:>8.2f} {mb / seconds:>8.2f}")
     (golf_s, golf_hash), (ref_s, ref_hash) = results["golfctl"], results["reference"]
-    print(f"ratio golfctl/reference: {ref_s / golf_s:.2f}x")
+    print(f"MB/s ratio golfctl/reference: {ref_s / golf_s:.2f}x")
     if golf_hash != ref_hash:
         print(f"FAIL: token streams differ (golfctl {golf_hash}, reference {ref_hash})")
         return 1
@@ -85,7 +86,7 @@ def write_corpus(path: Path, target_bytes: int) -> tuple[int, int]:
     base = list(play_documents())
     docs = size = 0
     with open(path, "w", encoding="utf-8") as f:
-        for repeat in range(1, sys.maxsize):
+        for repeat in itertools.count(1):
             for doc in base:
                 # The prefix keeps repeats from being byte-identical copies.
                 text = f"[{repeat}] {doc}"
@@ -94,7 +95,6 @@ def write_corpus(path: Path, target_bytes: int) -> tuple[int, int]:
                 size += len(text.encode("utf-8"))
                 if size >= target_bytes:
                     return docs, size
-    raise AssertionError("unreachable")
 
 
 def play_documents() -> Iterator[str]:

@@ -28,13 +28,17 @@ def cli() -> None:
               help="The first N documents form the validation split [default: 4 plays for shakespeare, 50,000 for .jsonl, 1 for a folder, 0 for a .txt].")
 @click.option("--shard-tokens", type=int, default=100_000_000, show_default=True, help="Tokens per shard file.")
 @click.option("--threads", type=click.IntRange(min=0), default=0, help="Encoding threads [default: all cores].")
+@click.option("--tokenizer-train-mb", type=click.IntRange(min=1), default=500, show_default=True,
+              help="Train the tokenizer on at most this much text (the first training documents).")
 @click.option("--force", is_flag=True, help="Replace an existing dataset in --out.")
-def tokenize_command(corpus, vocab_size, out, tokenizer, val_docs, shard_tokens, threads, force) -> None:
+def tokenize_command(corpus, vocab_size, out, tokenizer, val_docs, shard_tokens, threads, tokenizer_train_mb,
+                     force) -> None:
     """Train a tokenizer and write challenge-format train/val shards with a manifest."""
     from stages.tokenize import TokenizeConfig, run_tokenize
 
     run_tokenize(TokenizeConfig(out=out, corpus=corpus, vocab_size=vocab_size, tokenizer=tokenizer,
-                                val_docs=val_docs, shard_tokens=shard_tokens, force=force, threads=threads))
+                                val_docs=val_docs, shard_tokens=shard_tokens, force=force, threads=threads,
+                                tokenizer_train_mb=tokenizer_train_mb))
 
 
 @cli.command("inspect")

@@ -51,6 +51,8 @@ class TokenizeConfig:
     shard_tokens: int = 100_000_000
     force: bool = False
     threads: int = 0  # encoding threads; 0 = all cores
+    # SentencePiece holds all its training text in memory: cap it (the first training documents).
+    tokenizer_train_mb: int = 500
 
 
 def run_tokenize(cfg: TokenizeConfig) -> dict:
@@ -63,7 +65,7 @@ def run_tokenize(cfg: TokenizeConfig) -> dict:
     val_docs = corpus.default_val_docs if cfg.val_docs is None else cfg.val_docs
     _say(f"tokenize: corpus {corpus.kind} ({corpus.name}), first {val_docs:,} documents for validation")
     with staged_directory(out, replace=replace) as stage:
-        model = _tokenizer_model(cfg, corpus, val_docs)
+        model, trained_on = _tokenizer_model(cfg, corpus, val_docs)
         (stage / TOKENIZER_NAME).write_bytes(model)
         sp = parse_tokenizer(model, TOKENIZER_NAME)
         check_shard_tokenizer(sp, TOKENIZER_NAME)
@@ -90,8 +92,8 @@ def run_tokenize(cfg: TokenizeConfig) -> dict:
                 "sha256": sha256_bytes(model),
                 "vocab_size": sp.vocab_size(),
                 "bos_id": sp.bos_id(),
-                "trained_here": cfg.tokenizer is None,
-                "trainer_settings": CHALLENGE_TRAINER_SETTINGS if cfg.tokenizer is None else None,
+                "trained_on": trained_on,  # None when reused with --tokenizer
+                "trainer_settings": CHALLENGE_TRAINER_SETTINGS if trained_on else None,
             },
             "shard_tokens": cfg.shard_tokens,
             "splits": {name: split.finish() for name, split in encoded.splits.items()},
@@ -123,12 +125,13 @@ def _check_output_folder(out: Path, force: bool) -> bool:
     return True
 
 
-def _tokenizer_model(cfg: TokenizeConfig, corpus: Corpus, val_docs: int) -> bytes:
+def _tokenizer_model(cfg: TokenizeConfig, corpus: Corpus, val_docs: int) -> tuple[bytes, dict | None]:
+    """The serialized tokenizer, and what it was trained on (None for a reused one)."""
     if cfg.tokenizer is not None:
         load_tokenizer(cfg.tokenizer)  # validates before we copy it
         _say(f"tokenize: reusing tokenizer {cfg.tokenizer}")
-        return Path(cfg.tokenizer).read_bytes()
-    train = _TrainingDocuments(corpus, val_docs)
+        return Path(cfg.tokenizer).read_bytes(), None
+    train = _TrainingDocuments(corpus, val_docs, cfg.tokenizer_train_mb * 1_000_000)
     _say(f"tokenize: training a {cfg.vocab_size}-token BPE tokenizer on the training documents")
     try:
         model = train_tokenizer(training_pieces(train), cfg.vocab_size)
@@ -145,7 +148,7 @@ def _tokenizer_model(cfg: TokenizeConfig, corpus: Corpus, val_docs: int) -> byte
         raise
     train.reraise()
     _say(f"tokenize: trained on {train.docs:,} documents ({train.bytes / 1e6:,.1f} MB)")
-    return model
+    return model, {"docs": train.docs, "bytes": train.bytes}
 
 
 class _TrainingDocuments:
@@ -155,9 +158,10 @@ class _TrainingDocuments:
     `UserError` stops the iteration and is raised again by `reraise` after training.
     """
 
-    def __init__(self, corpus: Corpus, val_docs: int):
+    def __init__(self, corpus: Corpus, val_docs: int, max_bytes: int):
         self.corpus = corpus
         self.val_docs = val_docs
+        self.max_bytes = max_bytes
         self.seen = 0
         self.docs = 0
         self.bytes = 0
@@ -167,6 +171,8 @@ class _TrainingDocuments:
         try:
             for index, doc in enumerate(self.corpus.documents()):
                 self.seen += 1
+                if self.bytes >= self.max_bytes:
+                    return
                 if index >= self.val_docs:
                     self.docs += 1
                     self.bytes += len(doc.strip().encode("utf-8"))

@@ -81,6 +81,7 @@ def test_tokenizer_trained_on_all_training_text(shakespeare_dataset):
     val_text = [sp.decode(d.tolist()) for d in _documents(ds.splits["val"].load_tokens())]
     starved_tokens = sum(len(starved.encode(t)) for t in val_text)
     starved_bpt = ds.splits["val"].bytes / starved_tokens
+    assert ds.manifest["tokenizer"]["trained_on"]["docs"] == 38
     assert bytes_per_token > 2.3
     assert bytes_per_token > 1.1 * starved_bpt  # measured: 2.47 vs 2.14
 
@@ -109,7 +110,7 @@ def test_jsonl_corpus_and_reused_tokenizer(tmp_path, shakespeare_dataset):
                                            tokenizer=shakespeare_dataset / "tokenizer.model"))
     assert manifest["splits"]["val"]["docs"] == 5 and manifest["splits"]["train"]["docs"] == 25
     assert manifest["tokenizer"]["sha256"] == sha256_file(shakespeare_dataset / "tokenizer.model")
-    assert not manifest["tokenizer"]["trained_here"]
+    assert manifest["tokenizer"]["trained_on"] is None
 
 
 def test_existing_dataset_needs_force(tmp_path, small_corpus):
@@ -133,3 +134,10 @@ def test_official_folder_without_manifest(tmp_path, shakespeare_dataset):
     ds = open_dataset(official)
     assert ds.manifest is None and ds.tokenizer_path is None
     assert ds.splits["val"].tokens == open_dataset(shakespeare_dataset).splits["val"].tokens
+
+
+def test_tokenizer_training_text_is_capped(tmp_path):
+    manifest = run_tokenize(TokenizeConfig(out=tmp_path / "ds", vocab_size=512, tokenizer_train_mb=1))
+    trained_on = manifest["tokenizer"]["trained_on"]
+    assert 1_000_000 <= trained_on["bytes"] < 1_400_000 and trained_on["docs"] < 38
+    assert manifest["splits"]["train"]["docs"] == 38, "the cap limits the trainer, never the shards"
