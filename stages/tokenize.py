@@ -9,6 +9,7 @@ under a temporary name and renamed into place only when complete.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import sys
@@ -192,9 +193,10 @@ class _SplitWriter:
         self.tokens = 0
         self.bytes = 0
 
-    def add(self, tokens: np.ndarray, n_bytes: int) -> None:
+    def add(self, tokens: np.ndarray, docs: int, n_bytes: int) -> None:
+        """Append whole documents (each starting with BOS), worth `n_bytes` by the BPB rule."""
         self.shards.append(tokens)
-        self.docs += 1
+        self.docs += docs
         self.tokens += tokens.size
         self.bytes += n_bytes
 
@@ -230,14 +232,19 @@ def _encode_corpus(corpus: Corpus, sp: spm.SentencePieceProcessor, folder: Path,
         val_count = max(0, min(len(batch), val_docs - index))
         if val_count:
             _check_val_bytes(sp, tables, ids_batch[:val_count], index, threads)
-        for offset, (ids, text) in enumerate(zip(ids_batch, raw)):
+        for text in raw:
             source_hash.update(len(text).to_bytes(8, "little"))
             source_hash.update(text)
-            tokens = np.empty(len(ids) + 1, dtype=np.uint16)
-            tokens[0] = BOS_ID
-            tokens[1:] = ids
-            split = splits["val" if index + offset < val_docs else "train"]
-            split.add(tokens, tables.stream_bytes(tokens))
+        # One flat array per batch, BOS before each document: per-document numpy calls
+        # would cost more than the encoding itself on small web documents.
+        lengths = np.array([len(ids) for ids in ids_batch], dtype=np.int64)
+        body = np.fromiter(itertools.chain.from_iterable(ids_batch), dtype=np.uint16, count=int(lengths.sum()))
+        flat = np.insert(body, np.cumsum(lengths) - lengths, BOS_ID)
+        ends = np.cumsum(lengths + 1)
+        cut = int(ends[val_count - 1]) if val_count else 0
+        for name, tokens, docs in (("val", flat[:cut], val_count), ("train", flat[cut:], len(batch) - val_count)):
+            if docs:
+                splits[name].add(tokens, docs, tables.stream_bytes(tokens))
         index += len(batch)
         progress.update(len(batch), sum(len(t) for t in raw))
     progress.close()
