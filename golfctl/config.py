@@ -1,0 +1,250 @@
+"""Training and model configuration: frozen dataclasses, TOML presets, one merge path.
+
+Sources merge in one order: preset < `--config FILE.toml` < `--set key=value`. Every key is
+a flat name; unknown keys and values of the wrong type are rejected, all problems reported
+at once. The resolved config is written into every artifact, so later stages rebuild the
+model from the artifact alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from golfctl.errors import UserError
+
+MLP_ACTIVATIONS = ("relu2", "leaky_relu2")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild the network from its weights."""
+
+    vocab_size: int = 1024  # must equal the tokenizer's vocabulary
+    model_dim: int = 512  # residual stream width
+    num_layers: int = 9  # unique transformer blocks
+    num_heads: int = 8  # query heads; head_dim = model_dim / num_heads
+    num_kv_heads: int = 4  # key/value heads (grouped-query attention)
+    mlp_mult: float = 2.0  # MLP hidden width = mlp_mult × model_dim
+    mlp_activation: str = "relu2"  # relu2: relu(x)²; leaky_relu2: leaky_relu(x, 0.5)²
+    rope_base: float = 10000.0
+    rope_dims: int = 0  # rotate only the first rope_dims dims of each head (partial RoPE); 0 = all
+    qk_gain_init: float = 1.5  # initial learnable per-head gain on the normalized queries
+    logit_softcap: float = 30.0  # logits = c·tanh(z/c)
+    tied_embed_init_std: float = 0.005
+    unet_skips: bool = True  # skip connections from the first half of the layer sequence to the second
+    parallel_start: int = -1  # blocks from this layer index on are parallel (attn and MLP read the same x); -1 = none
+    num_loops: int = 1  # how many times the looped layers run during training
+    loop_start: int = -1  # first looped layer; -1 = loop the whole stack
+    loop_end: int = -1  # last looped layer (inclusive)
+    eval_loops: int = 0  # loop count at evaluation; 0 = num_loops
+
+    @property
+    def head_dim(self) -> int:
+        return self.model_dim // self.num_heads
+
+    @property
+    def mlp_hidden(self) -> int:
+        return int(self.mlp_mult * self.model_dim)
+
+    @property
+    def resolved_eval_loops(self) -> int:
+        return self.eval_loops or self.num_loops
+
+    def problems(self) -> list[str]:
+        p = []
+        positive = ("vocab_size", "model_dim", "num_layers", "num_heads", "num_kv_heads", "num_loops")
+        p += [f"{k} must be positive, got {getattr(self, k)}" for k in positive if getattr(self, k) <= 0]
+        if p:
+            return p
+        if self.model_dim % self.num_heads:
+            p.append(f"model_dim {self.model_dim} is not divisible by num_heads {self.num_heads}")
+        elif self.head_dim % 2:
+            p.append(f"head_dim {self.head_dim} must be even for RoPE")
+        if self.num_heads % self.num_kv_heads:
+            p.append(f"num_heads {self.num_heads} is not divisible by num_kv_heads {self.num_kv_heads}")
+        if self.mlp_activation not in MLP_ACTIVATIONS:
+            p.append(f"mlp_activation must be one of {MLP_ACTIVATIONS}, got {self.mlp_activation!r}")
+        if self.mlp_hidden <= 0:
+            p.append(f"mlp_mult {self.mlp_mult} gives no MLP width")
+        if not 0 <= self.rope_dims <= self.head_dim or self.rope_dims % 2:
+            p.append(f"rope_dims must be even and in 0..head_dim ({self.head_dim}), got {self.rope_dims}")
+        if self.logit_softcap <= 0:
+            p.append(f"logit_softcap must be positive, got {self.logit_softcap}")
+        if self.eval_loops < 0:
+            p.append(f"eval_loops must be >= 0, got {self.eval_loops}")
+        if self.loop_start != -1 or self.loop_end != -1:
+            if not 0 <= self.loop_start <= self.loop_end < self.num_layers:
+                p.append(f"loop_start..loop_end must satisfy 0 <= {self.loop_start} <= {self.loop_end} "
+                         f"< num_layers ({self.num_layers}); -1/-1 loops the whole stack")
+        if self.parallel_start < -1 or self.parallel_start >= self.num_layers:
+            p.append(f"parallel_start must be -1 or a layer index below num_layers, got {self.parallel_start}")
+        return p
+
+
+@dataclass(frozen=True)
+class TrainConfig(ModelConfig):
+    """Model plus optimisation, schedule, data and logging settings (all flat keys)."""
+
+    iterations: int = 20000  # optimizer steps, unless max_wallclock_seconds stops training first
+    max_wallclock_seconds: float = 0.0  # cap on training time (compile warm-up and validation excluded); 0 = none
+    train_batch_tokens: int = 524_288  # global tokens per optimizer step, whatever the number of ranks
+    train_seq_len: int = 1024
+    grad_accum: int = 8  # micro-batches per step over all ranks; each rank runs grad_accum / world_size
+    seed: int = 1337
+    val_every: int = 0  # validate every N steps (and at the end); 0 = only at the end
+    val_max_tokens: int = 0  # periodic validation on the first N validation tokens; 0 = all
+    log_every: int = 50
+    checkpoint_every: int = 0  # also write ckpt.safetensors every N steps; 0 = only at the end and on signals
+    ema_decay: float = 0.997
+    ema_start_frac: float = 0.0  # start the EMA once this fraction of the run (steps or time) has passed
+    warmup_steps: int = 0  # linear learning-rate warm-up
+    warmdown_frac: float = 0.2  # linear decay over the last fraction of the run (steps or time budget)
+    min_lr_frac: float = 0.0  # learning-rate floor, as a fraction of each group's rate
+    enable_looping_at: float = 0.0  # run the loops only once this fraction of the run has passed
+    compile: bool = True  # torch.compile on CUDA (ignored elsewhere)
+    compile_warmup_steps: int = 20  # steps on random tokens before training (CUDA); weights and data untouched
+    embed_lr: float = 0.05  # Adam, tied embedding
+    scalar_lr: float = 0.04  # Adam, vectors and control tensors
+    matrix_lr: float = 0.04  # Muon, 2-D block matrices
+    beta1: float = 0.9
+    beta2: float = 0.95
+    adam_eps: float = 1e-8
+    adam_weight_decay: float = 0.0
+    muon_momentum: float = 0.95
+    muon_momentum_warmup_start: float = 0.85
+    muon_momentum_warmup_steps: int = 500
+    muon_backend_steps: int = 5  # Newton–Schulz iterations
+    muon_row_norm: bool = False  # MuonEq-R: normalise rows of the orthogonalised update
+    muon_weight_decay: float = 0.0  # decoupled
+    grad_clip_norm: float = 0.0  # 0 = no clipping
+
+    def problems(self) -> list[str]:
+        p = super().problems()
+        positive = ("iterations", "train_batch_tokens", "train_seq_len", "grad_accum", "log_every")
+        p += [f"{k} must be positive, got {getattr(self, k)}" for k in positive if getattr(self, k) <= 0]
+        if not p and self.train_batch_tokens % (self.grad_accum * self.train_seq_len):
+            p.append(f"train_batch_tokens {self.train_batch_tokens} is not a multiple of grad_accum × train_seq_len "
+                     f"({self.grad_accum} × {self.train_seq_len})")
+        for k in ("ema_start_frac", "warmdown_frac", "min_lr_frac", "enable_looping_at"):
+            if not 0.0 <= getattr(self, k) <= 1.0:
+                p.append(f"{k} must be in [0, 1], got {getattr(self, k)}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            p.append(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        nonneg = ("max_wallclock_seconds", "val_every", "val_max_tokens", "checkpoint_every", "warmup_steps",
+                  "compile_warmup_steps", "muon_momentum_warmup_steps", "grad_clip_norm")
+        p += [f"{k} must be >= 0, got {getattr(self, k)}" for k in nonneg if getattr(self, k) < 0]
+        return p
+
+    def model_config(self) -> ModelConfig:
+        names = {f.name for f in fields(ModelConfig)}
+        return ModelConfig(**{k: v for k, v in dataclasses.asdict(self).items() if k in names})
+
+
+def preset_names() -> list[str]:
+    return sorted(p.name.removesuffix(".toml") for p in resources.files("golfctl.presets").iterdir()
+                  if p.name.endswith(".toml"))
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    resource = resources.files("golfctl.presets") / f"{name}.toml"
+    if not resource.is_file():
+        raise UserError(f"unknown preset {name!r}; choose one of: {', '.join(preset_names())}")
+    return tomllib.loads(resource.read_text(encoding="utf-8"))
+
+
+def resolve_config(cls: type, preset: str | None = None, config_file: Path | None = None,
+                   overrides: tuple[str, ...] = ()) -> Any:
+    """Merge preset < config file < `key=value` overrides into a validated `cls` instance."""
+    merged: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    if preset:
+        _merge(merged, sources, load_preset(preset), f"preset {preset}")
+    if config_file:
+        _merge(merged, sources, _read_toml(Path(config_file)), str(config_file))
+    problems: list[str] = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            problems.append(f"--set {item!r} is not key=value")
+            continue
+        _merge(merged, sources, {key.strip(): _parse_value(raw.strip())}, "--set")
+    return config_from_dict(cls, merged, sources, problems)
+
+
+def config_from_dict(cls: type, values: dict[str, Any], sources: dict[str, str] | None = None,
+                     problems: list[str] | None = None) -> Any:
+    """Build `cls` from flat values, reporting every unknown key, wrong type and bad value at once."""
+    sources = sources or {}
+    problems = list(problems or [])
+    types = {f.name: f.type for f in fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        where = f" (from {sources[key]})" if key in sources else ""
+        if key not in types:
+            problems.append(f"unknown key {key!r}{where}")
+            continue
+        coerced = _coerce(value, types[key])
+        if coerced is None:
+            problems.append(f"{key} must be {types[key]}, got {value!r}{where}")
+        else:
+            kwargs[key] = coerced
+    if not problems:
+        problems += cls(**kwargs).problems()
+    if problems:
+        raise UserError("invalid config: " + "; ".join(problems))
+    return cls(**kwargs)
+
+
+def config_to_json(cfg: Any) -> str:
+    return json.dumps(dataclasses.asdict(cfg), sort_keys=True)
+
+
+def config_lines(cfg: Any) -> list[str]:
+    """The resolved config as `key = value` lines, for the console and logs."""
+    return [f"  {f.name} = {getattr(cfg, f.name)!r}" for f in fields(cfg)]
+
+
+def _merge(merged: dict, sources: dict, new: dict, source: str) -> None:
+    for key, value in new.items():
+        merged[key] = value
+        sources[key] = source
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"config file {path} does not exist")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"config file {path} is not valid TOML: {exc}") from None
+    nested = [k for k, v in data.items() if isinstance(v, dict)]
+    if nested:
+        raise UserError(f"config file {path} has tables {nested}; keys are flat (e.g. model_dim = 512)")
+    return data
+
+
+def _parse_value(raw: str) -> Any:
+    """`--set` values are TOML literals (1e-3, true, "relu2"); a bare word is taken as a string."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _coerce(value: Any, type_name: str) -> Any:
+    """The value as the field's type, or None if it is not one (no silent float→int truncation)."""
+    if type_name == "bool":
+        return value if isinstance(value, bool) else None
+    if type_name == "int":
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+    if type_name == "float":
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    if type_name == "str":
+        return value if isinstance(value, str) else None
+    raise TypeError(f"unsupported config field type {type_name}")
