@@ -63,3 +63,17 @@ def bits_per_byte(nll_sum_nats: float, n_bytes: int) -> float:
     if n_bytes <= 0:
         raise ValueError("bits per byte needs a positive byte count")
     return float(nll_sum_nats) / math.log(2.0) / float(n_bytes)
+
+
+class TorchByteTables:
+    """The same tables on a torch device, for counting bytes next to the loss."""
+
+    def __init__(self, tables: ByteTables, device):
+        import torch
+
+        self.base_bytes = torch.as_tensor(tables.base_bytes, device=device)
+        self.leading_space = torch.as_tensor(tables.leading_space, device=device)
+        self.boundary = torch.as_tensor(tables.boundary, device=device)
+
+    def target_bytes(self, prev_ids, target_ids):
+        return self.base_bytes[target_ids] + (self.leading_space[target_ids] & ~self.boundary[prev_ids])

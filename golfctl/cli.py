@@ -41,6 +41,32 @@ def tokenize_command(corpus, vocab_size, out, tokenizer, val_docs, shard_tokens,
                                 tokenizer_train_mb=tokenizer_train_mb))
 
 
+@cli.command("train")
+@click.option("--data", type=click.Path(path_type=Path), required=True, help="Dataset folder (golfctl or official).")
+@click.option("--preset", default=None, help="Preset name: tiny, baseline, seed-v2, record.")
+@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
+              help="TOML file of flat keys, applied over the preset.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override one config key (repeatable).")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Run folder (ckpt.safetensors, metrics.jsonl).")
+@click.option("--resume", is_flag=True, help="Continue the checkpoint in --out exactly where it stopped.")
+@click.option("--tokenizer", type=click.Path(path_type=Path), default=None,
+              help="Tokenizer .model for datasets that carry none (official challenge folders).")
+@click.option("--stop-after-steps", type=click.IntRange(min=0), default=0,
+              help="Checkpoint and stop after N steps of this invocation (pre-emptible jobs).")
+def train_command(data, preset, config_file, overrides, out, resume, tokenizer, stop_after_steps) -> None:
+    """Train a model from shards; alone or under torchrun --nproc_per_node=N."""
+    from golfctl.config import TrainConfig, resolve_config
+    from stages.train import TrainRun, run_train
+
+    if preset is None and config_file is None:
+        raise UserError("pass --preset NAME (tiny, baseline, seed-v2, record) or --config FILE.toml")
+    cfg = resolve_config(TrainConfig, preset, config_file, tuple(overrides))
+    summary = run_train(TrainRun(cfg=cfg, data=data, out=out, resume=resume, tokenizer=tokenizer,
+                                 stop_after_steps=stop_after_steps))
+    if summary["stopped"] == "signal":
+        sys.exit(128 + summary["signal"])
+
+
 @cli.command("inspect")
 @click.argument("path", type=click.Path(path_type=Path))
 def inspect_command(path: Path) -> None:

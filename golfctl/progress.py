@@ -10,7 +10,7 @@ import sys
 import time
 
 
-def _duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
     seconds = int(max(seconds, 0))
     return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
@@ -45,11 +45,11 @@ class Progress:
         text = (
             f"{self.label}: {self.items:,} {self.unit}  {self.bytes / 1e6:,.1f} MB  "
             f"{self.items / elapsed:,.1f} {self.unit}/s  {self.bytes / 1e6 / elapsed:,.2f} MB/s  "
-            f"elapsed {_duration(elapsed)}"
+            f"elapsed {format_duration(elapsed)}"
         )
         if self.total_bytes and 0 < self.bytes < self.total_bytes:
             eta = elapsed * (self.total_bytes - self.bytes) / self.bytes
-            text += f"  ETA {_duration(eta)}"
+            text += f"  ETA {format_duration(eta)}"
         return text
 
     def _draw(self, final: bool) -> None:

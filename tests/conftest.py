@@ -57,3 +57,11 @@ def shakespeare_dataset(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("shakespeare") / "data"
     run_tokenize(TokenizeConfig(out=out))
     return out
+
+
+@pytest.fixture(scope="session")
+def small_dataset(tmp_path_factory, small_corpus) -> Path:
+    """The five poems with a 512-token vocabulary: one validation poem (~7k tokens), ~93k training tokens."""
+    out = tmp_path_factory.mktemp("small") / "data"
+    run_tokenize(TokenizeConfig(out=out, corpus=str(small_corpus), vocab_size=512, val_docs=1))
+    return out

@@ -1,0 +1,209 @@
+"""One configurable GPT for Parameter Golf, built from a `ModelConfig`.
+
+Shape names: B batch, T sequence, H query heads, K key/value heads, D head_dim, d model_dim.
+
+The network runs a *virtual layer sequence* of physical block indices (`layer_sequence`), so a
+block can be applied several times (depth recurrence) without adding parameters. U-Net skips
+connect the first half of that sequence to the second half in reverse order. Parameters stay
+float32; on CUDA the caller wraps the forward in `torch.autocast(bfloat16)`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from golfctl.config import ModelConfig
+
+
+def layer_sequence(cfg: ModelConfig, loops: int) -> list[int]:
+    """Physical block indices in the order the forward applies them.
+
+    loop_start == -1 repeats the whole stack `loops` times; otherwise only blocks
+    loop_start..loop_end (inclusive) repeat, between an unlooped prefix and suffix.
+    """
+    if loops < 1:
+        raise ValueError(f"loops must be >= 1, got {loops}")
+    if cfg.loop_start == -1:
+        return list(range(cfg.num_layers)) * loops
+    looped = list(range(cfg.loop_start, cfg.loop_end + 1))
+    return list(range(cfg.loop_start)) + looped * loops + list(range(cfg.loop_end + 1, cfg.num_layers))
+
+
+def max_skips(cfg: ModelConfig) -> int:
+    """Rows of `skip_weights`: enough for every loop count the model is run with (1, train, eval)."""
+    if not cfg.unet_skips:
+        return 0
+    return max(len(layer_sequence(cfg, n)) // 2 for n in {1, cfg.num_loops, cfg.resolved_eval_loops})
+
+
+def norm(x: torch.Tensor) -> torch.Tensor:
+    """RMSNorm over the last dim, without a learned weight."""
+    return F.rms_norm(x, (x.size(-1),))
+
+
+class Rotary(nn.Module):
+    """RoPE angles for the first `dims` dims of each head, cached per (seq_len, device).
+
+    The cache is a plain dict, not a buffer, so it never reaches a checkpoint. Under
+    torch.compile the angles are computed inside the graph instead: that costs nothing
+    next to the matmuls, and a graph run under inference mode would otherwise fill the
+    cache with inference tensors, which a later training step cannot save for backward.
+    """
+
+    def __init__(self, dims: int, base: float):
+        super().__init__()
+        self.dims = dims
+        self.base = base
+        self._cache: dict[tuple[int, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def forward(self, seq_len: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if torch.compiler.is_compiling():
+            return self._angles(seq_len, device)
+        key = (seq_len, device)
+        if key not in self._cache:
+            with torch.inference_mode(False):  # an entry made during eval must still serve training
+                self._cache[key] = self._angles(seq_len, device)
+        return self._cache[key]
+
+    def _angles(self, seq_len: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        # one frequency per rotated pair: base^(-2i/dims), i = 0..dims/2-1
+        inv_freq = self.base ** (-torch.arange(0, self.dims, 2, dtype=torch.float32, device=device) / self.dims)
+        angles = torch.outer(torch.arange(seq_len, dtype=torch.float32, device=device), inv_freq)  # (T, dims/2)
+        return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the first 2·cos.size(-1) dims of x (B, H, T, D) in half-split pairs; the rest pass through."""
+    half = cos.size(-1)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    x1, x2, rest = x[..., :half], x[..., half:2 * half], x[..., 2 * half:]
+    rotated = (x1 * cos - x2 * sin, x1 * sin + x2 * cos)
+    return torch.cat((*rotated, rest) if rest.size(-1) else rotated, dim=-1)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        kv_dim = cfg.num_kv_heads * cfg.head_dim
+        self.c_q = nn.Linear(cfg.model_dim, cfg.model_dim, bias=False)
+        self.c_k = nn.Linear(cfg.model_dim, kv_dim, bias=False)
+        self.c_v = nn.Linear(cfg.model_dim, kv_dim, bias=False)
+        self.proj = nn.Linear(cfg.model_dim, cfg.model_dim, bias=False)
+        nn.init.zeros_(self.proj.weight)  # each block starts as the identity on the residual stream
+        # q and k are unit-RMS per head, so this gain sets the attention temperature
+        self.q_gain = nn.Parameter(torch.full((cfg.num_heads,), cfg.qk_gain_init))
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.c_q(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        k = self.c_k(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, D)
+        v = self.c_v(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, D)
+        q = apply_rotary(norm(q), cos, sin)
+        q = q * self.q_gain.to(q.dtype)[:, None, None]  # (H,) broadcast over (B, H, T, D)
+        k = apply_rotary(norm(k), cos, sin)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                           enable_gqa=self.num_kv_heads != self.num_heads)  # (B, H, T, D)
+        return self.proj(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.fc = nn.Linear(cfg.model_dim, cfg.mlp_hidden, bias=False)
+        self.proj = nn.Linear(cfg.mlp_hidden, cfg.model_dim, bias=False)
+        nn.init.zeros_(self.proj.weight)
+        self.leaky = cfg.mlp_activation == "leaky_relu2"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x)  # (B, T, mlp_hidden)
+        h = F.leaky_relu(h, 0.5) if self.leaky else F.relu(h)
+        return self.proj(h.square())
+
+
+class Block(nn.Module):
+    """Attention then MLP (sequential), or both reading the same input (parallel)."""
+
+    def __init__(self, cfg: ModelConfig, parallel: bool):
+        super().__init__()
+        self.parallel = parallel
+        self.attn = CausalSelfAttention(cfg)
+        self.mlp = MLP(cfg)
+        self.attn_scale = nn.Parameter(torch.ones(cfg.model_dim))
+        self.mlp_scale = nn.Parameter(torch.ones(cfg.model_dim))
+        # row 0 weighs the residual stream, row 1 the normalized embedding x0; starts as "x only"
+        self.resid_mix = nn.Parameter(torch.stack((torch.ones(cfg.model_dim), torch.zeros(cfg.model_dim))))
+
+    def forward(self, x: torch.Tensor, x0: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        x = self.resid_mix[0] * x + self.resid_mix[1] * x0  # (B, T, d)
+        if self.parallel:
+            h = norm(x)  # the two norms have no weights, so one serves both branches
+            return x + self.attn_scale * self.attn(h, cos, sin) + self.mlp_scale * self.mlp(h)
+        x = x + self.attn_scale * self.attn(norm(x), cos, sin)
+        return x + self.mlp_scale * self.mlp(norm(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.model_dim)
+        nn.init.normal_(self.tok_emb.weight, std=cfg.tied_embed_init_std)
+        self.blocks = nn.ModuleList(Block(cfg, parallel=0 <= cfg.parallel_start <= i) for i in range(cfg.num_layers))
+        self.rotary = Rotary(cfg.rope_dims or cfg.head_dim, cfg.rope_base)
+        n_skips = max_skips(cfg)
+        self.skip_weights = nn.Parameter(torch.ones(n_skips, cfg.model_dim)) if n_skips else None
+
+    def forward(self, input_ids: torch.Tensor, target_ids: torch.Tensor | None = None, loops: int | None = None,
+                reduction: str = "mean") -> torch.Tensor:
+        """Logits (B, T, V) in float32, or the float32 cross-entropy: a scalar mean, or (B, T) for "none"."""
+        sequence = layer_sequence(self.cfg, self.cfg.num_loops if loops is None else loops)
+        n_encoder = len(sequence) // 2 if self.skip_weights is not None else 0
+        if self.skip_weights is not None and n_encoder > self.skip_weights.size(0):
+            raise ValueError(f"{len(sequence)} layer applications need {n_encoder} skip weights; "
+                             f"the model has {self.skip_weights.size(0)} (sized for loops 1, num_loops, eval_loops)")
+        cos, sin = self.rotary(input_ids.size(1), input_ids.device)  # (T, rope_dims/2) each
+        x = x0 = norm(self.tok_emb(input_ids))  # (B, T, d)
+        skips = []
+        for i, layer in enumerate(sequence):
+            if i >= n_encoder and skips:
+                x = x + self.skip_weights[i - n_encoder] * skips.pop()
+            x = self.blocks[layer](x, x0, cos, sin)
+            if i < n_encoder:
+                skips.append(x)
+        logits = F.linear(norm(x), self.tok_emb.weight).float()  # (B, T, V), tied head
+        c = self.cfg.logit_softcap
+        logits = c * torch.tanh(logits / c)
+        if target_ids is None:
+            return logits
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), target_ids.reshape(-1), reduction=reduction)
+        return loss.view(target_ids.shape) if reduction == "none" else loss
+
+
+def parameter_groups(model: GPT) -> dict[str, list[tuple[str, nn.Parameter]]]:
+    """Optimizer groups: "embed" (tied embedding, Adam), "matrix" (block Linear weights, Muon), "scalar" (Adam)."""
+    matrix_names = {f"{name}.weight" for name, m in model.named_modules()
+                    if isinstance(m, nn.Linear) and name.startswith("blocks.")}
+    groups: dict[str, list[tuple[str, nn.Parameter]]] = {"embed": [], "matrix": [], "scalar": []}
+    for name, p in model.named_parameters():
+        key = "embed" if name == "tok_emb.weight" else "matrix" if name in matrix_names else "scalar"
+        groups[key].append((name, p))
+    return groups
+
+
+def model_flops_per_token(cfg: ModelConfig, seq_len: int, loops: int) -> float:
+    """Training FLOPs per token (forward + backward), the usual 6·N + 12·L·d·T estimate.
+
+    N counts the matmul weights one token passes through: every block application of the
+    virtual sequence (a looped block counts once per application) plus the tied head (V·d);
+    the embedding lookup, norms and element-wise ops are left out. Attention adds, per
+    application, 2·T·d for q·kᵀ and 2·T·d for the weighted sum of v in the forward, tripled
+    for forward + backward: 12·d·T. The causal mask's halving is ignored (full T).
+    """
+    d, kv_dim = cfg.model_dim, cfg.num_kv_heads * cfg.head_dim
+    per_block = d * d + 2 * d * kv_dim + d * d + 2 * d * cfg.mlp_hidden  # q, k, v, proj, fc, mlp proj
+    applications = len(layer_sequence(cfg, loops))
+    matmul_params = applications * per_block + cfg.vocab_size * d
+    return 6.0 * matmul_params + 12.0 * applications * d * seq_len

@@ -1,0 +1,314 @@
+"""Optimisers and schedules: Muon for block matrices, AdamW for the rest, one LR multiplier.
+
+Three parameter groups, each with its own optimiser (`build_optimizers`):
+
+- ``embed``: the tied embedding, AdamW at `embed_lr`;
+- ``matrix``: 2-D block matrices, Muon at `matrix_lr`;
+- ``scalar``: vectors and control tensors, AdamW at `scalar_lr`.
+
+Checkpoint state is flat named tensors (`Optimizers.state_tensors`), so it goes into a
+safetensors file next to the weights with no pickle. Keys, all under `STATE_PREFIX`:
+
+- ``optim.<group>.<param name>.<state key>``: per-parameter state (AdamW `step`, `exp_avg`,
+  `exp_avg_sq`; Muon `momentum_buffer`), on CPU, in the state's own dtype;
+- ``optim.<group>.lr`` (and ``optim.matrix.momentum``): the scheduled hyper-parameters of
+  the last `set_schedule`, as 0-d float64 tensors, so a restored optimiser steps exactly as
+  the saved one would have.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from golfctl.config import TrainConfig
+from golfctl.distributed import all_reduce_sum_, rank_and_world_size
+
+GROUPS = ("embed", "matrix", "scalar")
+STATE_PREFIX = "optim."
+NS_COEFFS = (3.4445, -4.7750, 2.0315)  # quintic Newton–Schulz (a, b, c)
+_ADAM_STATE = ("step", "exp_avg", "exp_avg_sq")
+_MUON_STATE = ("momentum_buffer",)
+
+
+def newton_schulz5(G: Tensor, steps: int) -> Tensor:
+    """Approximately orthogonalise G (rows, cols): U·Vᵀ of its SVD, singular values pushed into ~[0.7, 1.2].
+
+    The quintic X ← aX + (bA + cA²)X with A = XXᵀ maximises the slope at zero, so small singular
+    values grow fast; the price is that they oscillate around 1 instead of converging. G is first
+    scaled by its Frobenius norm so that every singular value starts ≤ 1. A tall G is transposed
+    so that A is the smaller (min(rows, cols))² Gram matrix.
+
+    Computes in bfloat16 on CUDA (tensor cores; NS tolerates the precision) and in float32
+    elsewhere, where CPU bfloat16 matmuls are ~90x slower. Returns that dtype.
+    """
+    if G.ndim != 2:
+        raise ValueError(f"newton_schulz5 takes a matrix, got shape {tuple(G.shape)}")
+    a, b, c = NS_COEFFS
+    X = G.to(_ns_dtype(G.device))
+    X = X / (X.norm() + 1e-7)  # eps: a zero gradient gives a zero update, not NaN
+    tall = X.size(0) > X.size(1)
+    if tall:
+        X = X.mT
+    for _ in range(steps):
+        A = X @ X.mT  # (r, r), r = min(rows, cols)
+        B = b * A + c * (A @ A)
+        X = a * X + B @ X
+    return X.mT if tall else X
+
+
+def muon_update(direction: Tensor, steps: int, row_norm: bool) -> Tensor:
+    """The Muon step direction (before the learning rate) for a (rows, cols) momentum direction.
+
+    Without `row_norm`: the orthogonalised direction times max(1, rows/cols)**0.5, so that entries
+    have RMS ≈ 1/sqrt(cols) whatever the aspect ratio (an orthogonal tall matrix has smaller
+    entries, RMS 1/sqrt(rows)).
+
+    With `row_norm` (MuonEq-R): every row of the orthogonalised direction is rescaled to unit L2
+    norm, i.e. entry RMS exactly 1/sqrt(cols). That is the average row norm of the scaled update
+    above, so learning rates keep their meaning; it only equalises rows, which NS5 leaves uneven
+    (inexact singular values, and rows of a tall matrix differ by construction). It replaces the
+    shape scale. An all-zero row stays zero.
+    """
+    update = newton_schulz5(direction, steps)
+    if row_norm:
+        row_norms = update.float().norm(dim=1, keepdim=True).clamp_min(1e-7)
+        return update / row_norms.to(update.dtype)
+    rows, cols = update.shape
+    return update * max(1.0, rows / cols) ** 0.5
+
+
+class Muon(torch.optim.Optimizer):
+    """SGD momentum (Nesterov by default) whose step is orthogonalised by Newton–Schulz; 2-D params only.
+
+    Per parameter: buf ← momentum·buf + g; direction = g + momentum·buf (Nesterov) or buf;
+    p ← p·(1 − lr·weight_decay) − lr·muon_update(direction) (decoupled decay).
+
+    Distributed: gradients must already be averaged over ranks, so every rank holds the same
+    gradients and updates every momentum buffer (cheap, and it keeps the full state on rank 0
+    for checkpoints). Only the expensive orthogonalisation is split: parameter i is done on rank
+    i % world_size into its slice of one flat buffer, zeros elsewhere, and one all-reduce (sum)
+    hands every rank all updates, so all ranks apply identical steps.
+
+    The caller warms up momentum by setting group["momentum"] (see `muon_momentum`).
+    """
+
+    def __init__(self, params, lr: float, momentum: float = 0.95, nesterov: bool = True,
+                 backend_steps: int = 5, row_norm: bool = False, weight_decay: float = 0.0):
+        if lr < 0 or not 0.0 <= momentum < 1.0 or backend_steps < 1 or weight_decay < 0:
+            raise ValueError(f"bad Muon settings: lr={lr}, momentum={momentum}, "
+                             f"backend_steps={backend_steps}, weight_decay={weight_decay}")
+        defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, backend_steps=backend_steps,
+                        row_norm=row_norm, weight_decay=weight_decay)
+        super().__init__(params, defaults)
+        shapes = [tuple(p.shape) for g in self.param_groups for p in g["params"] if p.ndim != 2]
+        if shapes:
+            raise ValueError(f"Muon takes 2-D parameters only, got shapes {shapes}")
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        rank, world_size = rank_and_world_size()
+        for group in self.param_groups:
+            self._step_group(group, rank, world_size)
+        return loss
+
+    def _step_group(self, group: dict, rank: int, world_size: int) -> None:
+        # Parameters without a gradient are left alone; all ranks agree on which those are.
+        params = [p for p in group["params"] if p.grad is not None]
+        if not params:
+            return
+        flat = torch.zeros(sum(p.numel() for p in params), device=params[0].device,
+                           dtype=_ns_dtype(params[0].device))
+        offset = 0
+        for i, p in enumerate(params):
+            buf = self._update_momentum(p, group["momentum"])
+            if i % world_size == rank:
+                direction = p.grad.add(buf, alpha=group["momentum"]) if group["nesterov"] else buf
+                update = muon_update(direction, group["backend_steps"], group["row_norm"])
+                flat[offset:offset + p.numel()] = update.flatten()
+            offset += p.numel()
+        all_reduce_sum_(flat)  # exact: each slice is non-zero on one rank only
+        lr, decay = group["lr"], group["weight_decay"]
+        offset = 0
+        for p in params:
+            if decay:
+                p.mul_(1.0 - lr * decay)
+            p.add_(flat[offset:offset + p.numel()].view_as(p).to(p.dtype), alpha=-lr)
+            offset += p.numel()
+
+    def _update_momentum(self, p: Tensor, momentum: float) -> Tensor:
+        state = self.state[p]
+        if "momentum_buffer" not in state:
+            state["momentum_buffer"] = torch.zeros_like(p.grad)
+        return state["momentum_buffer"].mul_(momentum).add_(p.grad)
+
+
+class Optimizers:
+    """The per-group optimisers driven as one: schedule, clip, step, checkpoint state."""
+
+    def __init__(self, optimizers: dict[str, torch.optim.Optimizer],
+                 named_params: dict[str, list[tuple[str, nn.Parameter]]], cfg: TrainConfig):
+        self.optimizers = optimizers  # group name -> optimiser; empty groups have none
+        self.named_params = named_params  # group name -> (name, param), in optimiser order
+        self.cfg = cfg
+
+    def zero_grad(self) -> None:
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=True)
+
+    def step(self) -> None:
+        for opt in self.optimizers.values():
+            opt.step()
+
+    def set_schedule(self, lr_mult: float, step: int) -> None:
+        """Every group's lr = its base lr × lr_mult; Muon momentum from its warm-up at `step`."""
+        momentum = muon_momentum(step, self.cfg)
+        for opt in self.optimizers.values():
+            for group in opt.param_groups:
+                group["lr"] = group["base_lr"] * lr_mult
+                if isinstance(opt, Muon):
+                    group["momentum"] = momentum
+
+    def clip_grad_norm_(self, max_norm: float) -> Tensor | None:
+        """Clip the global gradient norm over all groups; returns the norm before clipping (None if off)."""
+        if max_norm <= 0:
+            return None
+        params = [p for named in self.named_params.values() for _, p in named]
+        return nn.utils.clip_grad_norm_(params, max_norm)
+
+    def state_tensors(self) -> dict[str, Tensor]:
+        """All optimiser state as named CPU tensors (layout in the module docstring)."""
+        out: dict[str, Tensor] = {}
+        for group_name, opt in self.optimizers.items():
+            prefix = f"{STATE_PREFIX}{group_name}."
+            for hyper in _scheduled_keys(opt):
+                out[prefix + hyper] = torch.tensor(opt.param_groups[0][hyper], dtype=torch.float64)
+            for name, p in self.named_params[group_name]:
+                for key, value in opt.state.get(p, {}).items():
+                    out[f"{prefix}{name}.{key}"] = value.detach().to("cpu", copy=True)
+        return out
+
+    def load_state_tensors(self, tensors: dict[str, Tensor]) -> None:
+        """Restore what `state_tensors` returned, replacing all current state.
+
+        Raises ValueError naming every missing, unexpected or mis-shaped key. A parameter may
+        have no state at all (saved before its first step), but not part of it.
+        """
+        problems = self._state_problems(tensors)
+        if problems:
+            raise ValueError("optimizer state does not fit these optimizers: " + "; ".join(problems))
+        for group_name, opt in self.optimizers.items():
+            prefix = f"{STATE_PREFIX}{group_name}."
+            keys = _state_keys(opt)
+            state = {}
+            for i, (name, _) in enumerate(self.named_params[group_name]):
+                if f"{prefix}{name}.{keys[0]}" in tensors:
+                    # clone: torch keeps same-device tensors as they are, and steps update them in place
+                    state[i] = {k: tensors[f"{prefix}{name}.{k}"].clone() for k in keys}
+            saved = opt.state_dict()
+            for hyper in _scheduled_keys(opt):
+                saved["param_groups"][0][hyper] = tensors[prefix + hyper].item()
+            opt.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
+
+    def _state_problems(self, tensors: dict[str, Tensor]) -> list[str]:
+        missing, shapes = [], []
+        unexpected = set(tensors)
+        for group_name, opt in self.optimizers.items():
+            prefix = f"{STATE_PREFIX}{group_name}."
+            for hyper in _scheduled_keys(opt):
+                key = prefix + hyper
+                if key in unexpected:
+                    unexpected.discard(key)
+                else:
+                    missing.append(key)
+            for name, p in self.named_params[group_name]:
+                keys = {k: f"{prefix}{name}.{k}" for k in _state_keys(opt)}
+                present = {k: full for k, full in keys.items() if full in tensors}
+                unexpected -= set(present.values())
+                if present:
+                    missing += [full for full in keys.values() if full not in tensors]
+                shapes += [f"{full} has shape {tuple(tensors[full].shape)}, parameter {tuple(p.shape)}"
+                           for k, full in present.items() if k != "step" and tensors[full].shape != p.shape]
+        problems = [f"missing {missing}"] if missing else []
+        problems += [f"unexpected {sorted(unexpected)}"] if unexpected else []
+        return problems + shapes
+
+
+def build_optimizers(named_groups: dict[str, list[tuple[str, nn.Parameter]]], cfg: TrainConfig,
+                     device: torch.device | str) -> Optimizers:
+    """AdamW for "embed" and "scalar", Muon for "matrix"; a group that is absent or empty gets none."""
+    unknown = sorted(set(named_groups) - set(GROUPS))
+    if unknown:
+        raise ValueError(f"unknown parameter groups {unknown}; expected {list(GROUPS)}")
+    fused = torch.device(device).type == "cuda"  # fused AdamW kernels exist for CUDA only
+    adam = dict(betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps, weight_decay=cfg.adam_weight_decay, fused=fused)
+    optimizers: dict[str, torch.optim.Optimizer] = {}
+    named_params: dict[str, list[tuple[str, nn.Parameter]]] = {}
+    for group_name in GROUPS:
+        named = list(named_groups.get(group_name, []))
+        if not named:
+            continue
+        names = [name for name, _ in named]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate parameter names in group {group_name!r}")
+        params = [p for _, p in named]
+        if group_name == "matrix":
+            opt = Muon(params, lr=cfg.matrix_lr, momentum=muon_momentum(0, cfg),
+                       backend_steps=cfg.muon_backend_steps, row_norm=cfg.muon_row_norm,
+                       weight_decay=cfg.muon_weight_decay)
+        else:
+            lr = cfg.embed_lr if group_name == "embed" else cfg.scalar_lr
+            opt = torch.optim.AdamW(params, lr=lr, **adam)
+        for group in opt.param_groups:
+            group["base_lr"] = group["lr"]  # set_schedule scales this
+        optimizers[group_name] = opt
+        named_params[group_name] = named
+    return Optimizers(optimizers, named_params, cfg)
+
+
+def lr_multiplier(step: int, progress: float, cfg: TrainConfig) -> float:
+    """Factor on every group's base learning rate.
+
+    `progress` in [0, 1] is the fraction of the run done. The caller passes
+    max(step / iterations, elapsed / max_wallclock_seconds) (the second term only under a wall-clock
+    cap), so under a cap the warm-down starts and ends by time, never by the nominal iteration
+    count that the cap stops short of.
+
+    - warm-up: (step + 1) / warmup_steps for step < warmup_steps, so step 0 already moves;
+    - then 1.0;
+    - warm-down: once progress > 1 − warmdown_frac, linear to min_lr_frac at progress 1.
+
+    The two ramps combine by min, for runs so short that they overlap; min_lr_frac floors only
+    the warm-down.
+    """
+    warmup = (step + 1) / cfg.warmup_steps if step < cfg.warmup_steps else 1.0
+    progress = min(max(progress, 0.0), 1.0)
+    start = 1.0 - cfg.warmdown_frac
+    if progress <= start:
+        return warmup
+    left = (1.0 - progress) / cfg.warmdown_frac  # in [0, 1); warmdown_frac > 0 here; exactly 0 at the end
+    return min(warmup, cfg.min_lr_frac + left * (1.0 - cfg.min_lr_frac))
+
+
+def muon_momentum(step: int, cfg: TrainConfig) -> float:
+    """Linear from muon_momentum_warmup_start at step 0 to muon_momentum at muon_momentum_warmup_steps."""
+    if cfg.muon_momentum_warmup_steps == 0:
+        return cfg.muon_momentum
+    frac = min(step / cfg.muon_momentum_warmup_steps, 1.0)
+    return (1.0 - frac) * cfg.muon_momentum_warmup_start + frac * cfg.muon_momentum
+
+
+def _scheduled_keys(opt: torch.optim.Optimizer) -> tuple[str, ...]:
+    return ("lr", "momentum") if isinstance(opt, Muon) else ("lr",)
+
+
+def _state_keys(opt: torch.optim.Optimizer) -> tuple[str, ...]:
+    return _MUON_STATE if isinstance(opt, Muon) else _ADAM_STATE
+
+
+def _ns_dtype(device: torch.device) -> torch.dtype:
+    return torch.bfloat16 if device.type == "cuda" else torch.float32

@@ -1,0 +1,56 @@
+"""Plain validation: loss and BPB over non-overlapping windows, all ranks taking part."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from golfctl.bpb import TorchByteTables, bits_per_byte
+from golfctl.distributed import DistContext, all_reduce_float64
+
+
+@dataclass(frozen=True)
+class ValResult:
+    loss: float  # mean nll in nats per token
+    bpb: float
+    tokens: int
+    bytes: int
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA; plain fp32 elsewhere (bf16 matmuls are far slower on CPUs)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def plain_validation(model: nn.Module, tokens: np.ndarray, tables: TorchByteTables, seq_len: int,
+                     batch_seqs: int, ctx: DistContext, loops: int) -> ValResult:
+    """Score every full window of `seq_len` targets; ranks take disjoint ranges of windows."""
+    n_seqs = (tokens.size - 1) // seq_len
+    if n_seqs < 1:
+        raise ValueError(f"validation split has {tokens.size} tokens, fewer than one window of {seq_len} + 1")
+    first, last = n_seqs * ctx.rank // ctx.world_size, n_seqs * (ctx.rank + 1) // ctx.world_size
+    was_training = model.training
+    model.eval()
+    nll = torch.zeros((), dtype=torch.float64, device=ctx.device)
+    n_bytes = torch.zeros((), dtype=torch.float64, device=ctx.device)
+    for seq in range(first, last, batch_seqs):
+        count = min(batch_seqs, last - seq)
+        window = torch.from_numpy(tokens[seq * seq_len: (seq + count) * seq_len + 1].astype(np.int64))
+        window = window.to(ctx.device)
+        x, y = window[:-1].view(count, seq_len), window[1:].view(count, seq_len)
+        with autocast(ctx.device):
+            losses = model(x, y, loops=loops, reduction="none")  # (count, seq_len)
+        nll += losses.double().sum()
+        n_bytes += tables.target_bytes(x, y).double().sum()
+    model.train(was_training)
+    total_nll, total_bytes = all_reduce_float64([nll.item(), n_bytes.item()], ctx)
+    total_tokens = n_seqs * seq_len
+    return ValResult(total_nll / total_tokens, bits_per_byte(total_nll, int(total_bytes)), total_tokens,
+                     int(total_bytes))

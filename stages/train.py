@@ -1,0 +1,341 @@
+"""Stage `train`: shards → `RUNDIR/ckpt.safetensors` (weights, EMA, optimizer, loader, step).
+
+Runs as one process or under `torchrun --nproc_per_node=N`. The global batch is fixed in
+tokens and split into `grad_accum` micro-batches shared out over the ranks, so the number of
+ranks changes nothing but speed. The run's progress is the larger of step/iterations and
+elapsed/max_wallclock_seconds; the warm-down, the EMA start and the switch to looping are
+defined on that progress, so a wall-clock cap can never leave them unreached or misplaced.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from golfctl.bpb import ByteTables, TorchByteTables
+from golfctl.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from golfctl.config import TrainConfig, config_lines
+from golfctl.dataset import Dataset, open_dataset
+from golfctl.distributed import DistContext, all_reduce_float64, all_reduce_sum_, barrier, init_distributed, shutdown
+from golfctl.ema import EMA
+from golfctl.errors import UserError
+from golfctl.fileio import sha256_bytes, sha256_file
+from golfctl.loader import TrainBatches
+from golfctl.model import GPT, parameter_groups
+from golfctl.optim import Optimizers, build_optimizers, lr_multiplier
+from golfctl.progress import format_duration
+from golfctl.provenance import provenance
+from golfctl.tokenizer import load_tokenizer
+from golfctl.validation import ValResult, autocast, plain_validation
+
+CHECKPOINT_NAME = "ckpt.safetensors"
+METRICS_NAME = "metrics.jsonl"
+# Keys that may change on --resume: they alter logging and saving, never the weights.
+RUN_CONTROL_KEYS = frozenset({"log_every", "val_every", "val_max_tokens", "checkpoint_every"})
+VAL_BATCH_TOKENS = 131_072
+
+
+@dataclass(frozen=True)
+class TrainRun:
+    cfg: TrainConfig
+    data: Path
+    out: Path
+    resume: bool = False
+    tokenizer: Path | None = None  # needed for datasets without tokenizer.model (official folders)
+    stop_after_steps: int = 0  # end this invocation (with a checkpoint) after N steps; 0 = run to the end
+
+
+def run_train(run: TrainRun) -> dict:
+    """Train (or resume) a run; return a summary of where and why it stopped."""
+    ctx = init_distributed()
+    try:
+        summary = _Trainer(run, ctx).train()
+    except BaseException:
+        shutdown(ctx, meet=False)
+        raise
+    shutdown(ctx)
+    return summary
+
+
+def dataset_identity(dataset: Dataset) -> str:
+    """sha256 of the manifest, or of the shard list for folders without one."""
+    if dataset.manifest is not None:
+        return sha256_file(dataset.root / "manifest.json")
+    listing = [(s.path.name, s.tokens) for split in dataset.splits.values() for s in split.shards]
+    return "shards:" + sha256_bytes(json.dumps(listing).encode())
+
+
+class _Trainer:
+    def __init__(self, run: TrainRun, ctx: DistContext):
+        self.run, self.cfg, self.ctx = run, run.cfg, ctx
+        self.dataset = open_dataset(run.data)
+        self.tables = TorchByteTables(ByteTables.from_tokenizer(self._tokenizer()), ctx.device)
+        val = self.dataset.splits["val"]
+        if val.tokens <= self.cfg.train_seq_len:
+            raise UserError(f"{run.data} has {val.tokens:,} validation tokens, not enough for one window of "
+                            f"{self.cfg.train_seq_len}; tokenize with more --val-docs")
+        self.val_tokens = val.load_tokens()
+        self.batches = TrainBatches(self.dataset.splits["train"], self.cfg.train_batch_tokens, self.cfg.train_seq_len,
+                                    self.cfg.grad_accum, self.cfg.seed, ctx.rank, ctx.world_size)
+        self.out = Path(run.out)
+        self.ckpt_path = self.out / CHECKPOINT_NAME
+        self._check_run_folder()
+        torch.manual_seed(self.cfg.seed)
+        self.model = GPT(self.cfg.model_config()).to(ctx.device)
+        self.optimizers: Optimizers = build_optimizers(parameter_groups(self.model), self.cfg, ctx.device)
+        self.ema = EMA(self.model)
+        self.step = 0
+        self.elapsed = 0.0  # seconds of training so far, across resumes
+        self.stop_signal = 0
+        if run.resume:
+            self._restore()
+        self.compiled = self._compile()
+
+    # ---- set-up -------------------------------------------------------------------------
+
+    def _tokenizer(self):
+        path = self.run.tokenizer or self.dataset.tokenizer_path
+        if path is None:
+            raise UserError(f"{self.run.data} has no tokenizer.model; pass --tokenizer with the dataset's .model file")
+        sp = load_tokenizer(path)
+        expected = self.dataset.tokenizer_sha256
+        if expected is not None and sha256_file(path) != expected:
+            raise UserError(f"tokenizer {path} is not the one {self.run.data} was tokenized with (sha256 differs)")
+        if sp.vocab_size() != self.cfg.vocab_size:
+            raise UserError(f"config vocab_size {self.cfg.vocab_size} does not match the tokenizer's "
+                            f"{sp.vocab_size()}; use --set vocab_size={sp.vocab_size()} or a matching dataset")
+        return sp
+
+    def _check_run_folder(self) -> None:
+        if self.run.resume and not self.ckpt_path.is_file():
+            raise UserError(f"--resume: {self.ckpt_path} does not exist; start the run without --resume")
+        if not self.run.resume and self.ckpt_path.exists():
+            raise UserError(f"{self.out} already holds a checkpoint; pass --resume to continue it or choose another --out")
+        if self.ctx.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+
+    def _restore(self) -> None:
+        ckpt = load_checkpoint(self.ckpt_path)
+        ours = dataclasses.asdict(self.cfg)
+        changed = sorted(k for k in set(ours) | set(ckpt.config)
+                         if k not in RUN_CONTROL_KEYS and ours.get(k) != ckpt.config.get(k))
+        if changed:
+            detail = ", ".join(f"{k}: {ckpt.config.get(k)!r} → {ours.get(k)!r}" for k in changed)
+            raise UserError(f"{self.ckpt_path} was trained with another config ({detail}); "
+                            "resume with the same preset and --set values, or start a new --out")
+        if ckpt.dataset != dataset_identity(self.dataset):
+            raise UserError(f"{self.ckpt_path} was trained on another dataset than {self.run.data}; "
+                            "resume with the same --data")
+        if ckpt.loader != self.batches.state.as_dict():
+            raise UserError(f"{self.ckpt_path} has loader state {ckpt.loader}, this data gives "
+                            f"{self.batches.state.as_dict()}; resume with the same --data")
+        self.model.load_state_dict(ckpt.tensors["model"])
+        self.ema.load_state_dict(ckpt.tensors["ema"])
+        self.optimizers.load_state_tensors({f"optim.{k}": v for k, v in ckpt.tensors["optim"].items()})
+        torch.set_rng_state(ckpt.tensors["rng"]["torch"])
+        self.step, self.elapsed = ckpt.step, ckpt.elapsed_seconds
+        self._say(f"train: resumed {self.ckpt_path} at step {self.step} ({format_duration(self.elapsed)} trained)")
+
+    def _compile(self):
+        """torch.compile on CUDA, then warm it up on random tokens and restore every weight."""
+        if self.ctx.device.type != "cuda" or not self.cfg.compile:
+            return self.model
+        compiled = torch.compile(self.model, dynamic=False)
+        if self.cfg.compile_warmup_steps:
+            start = time.perf_counter()
+            weights = {k: v.clone() for k, v in self.model.state_dict().items()}
+            optim_state = {k: v.clone() for k, v in self.optimizers.state_tensors().items()}
+            generator = torch.Generator(self.ctx.device).manual_seed(self.cfg.seed + 1)
+            seqs = self.batches.micro_tokens // self.cfg.train_seq_len
+            for i in range(self.cfg.compile_warmup_steps):
+                loops = 1 if i % 2 == 0 else self.cfg.num_loops  # both graphs the run will use
+                x = torch.randint(0, self.cfg.vocab_size, (seqs, self.cfg.train_seq_len + 1),
+                                  device=self.ctx.device, generator=generator)
+                with autocast(self.ctx.device):
+                    loss = compiled(x[:, :-1], x[:, 1:], loops=loops)
+                loss.backward()
+                self.optimizers.step()
+                self.optimizers.zero_grad()
+            self.model.load_state_dict(weights)
+            self.optimizers.load_state_tensors(optim_state)
+            torch.cuda.synchronize()
+            self._say(f"train: compile warm-up {self.cfg.compile_warmup_steps} steps on random tokens "
+                      f"in {time.perf_counter() - start:.1f}s (weights and optimizer restored)")
+        return compiled
+
+    # ---- the loop -------------------------------------------------------------------------
+
+    def train(self) -> dict:
+        cfg = self.cfg
+        self._say("train: resolved config\n" + "\n".join(config_lines(cfg)))
+        self._say(f"train: {sum(p.numel() for p in self.model.parameters()):,} parameters on {self.ctx.device} × "
+                  f"{self.ctx.world_size} rank(s), {self.batches.local_micro_batches} micro-batch(es) per rank per step")
+        previous = self._install_signal_handlers()
+        stopped, steps_this_run = "iterations", 0
+        log_time, log_step = self.elapsed, self.step
+        try:
+            while self.step < cfg.iterations:
+                progress = self._progress()
+                if cfg.max_wallclock_seconds and self.elapsed >= cfg.max_wallclock_seconds:
+                    stopped = "wallclock"
+                    break
+                start = time.perf_counter()
+                loss = self._train_step(progress)
+                self._sync()
+                self.elapsed += self._agreed(time.perf_counter() - start)
+                self.step += 1
+                steps_this_run += 1
+                if self.step % cfg.log_every == 0 or self.step == 1:
+                    self._log_train(loss, progress, log_time, log_step)
+                    log_time, log_step = self.elapsed, self.step
+                if cfg.val_every and self.step % cfg.val_every == 0 and self.step < cfg.iterations:
+                    self._validate(limit=cfg.val_max_tokens)
+                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                    self._save()
+                if self._stop_requested():
+                    stopped = "signal"
+                    break
+                if self.run.stop_after_steps and steps_this_run >= self.run.stop_after_steps:
+                    stopped = "stop_after_steps"
+                    break
+        finally:
+            signal_restore(previous)
+        self._save()
+        summary = {"step": self.step, "elapsed_seconds": self.elapsed, "stopped": stopped,
+                   "signal": self.stop_signal, "checkpoint": str(self.ckpt_path)}
+        if stopped in ("iterations", "wallclock"):
+            result = self._validate(limit=0)
+            summary.update(val_loss=result.loss, val_bpb=result.bpb)
+            self._metrics({"kind": "end", **summary})
+        else:
+            self._say(f"train: stopped ({stopped}) at step {self.step}; continue with --resume")
+        return summary
+
+    def _progress(self) -> float:
+        by_steps = self.step / self.cfg.iterations
+        by_time = self.elapsed / self.cfg.max_wallclock_seconds if self.cfg.max_wallclock_seconds else 0.0
+        return min(1.0, max(by_steps, by_time))
+
+    def _train_step(self, progress: float) -> torch.Tensor:
+        cfg = self.cfg
+        loops = cfg.num_loops if progress >= cfg.enable_looping_at else 1
+        self.optimizers.set_schedule(lr_multiplier(self.step, progress, cfg), self.step)
+        scale = 1.0 / self.batches.local_micro_batches
+        loss_sum = torch.zeros((), device=self.ctx.device)
+        for x, y in self.batches.micro_batches(self.step, self.ctx.device):
+            with autocast(self.ctx.device):
+                loss = self.compiled(x, y, loops=loops)
+            (loss * scale).backward()
+            loss_sum += loss.detach()
+        self._average_gradients()
+        self.optimizers.clip_grad_norm_(cfg.grad_clip_norm)
+        self.optimizers.step()
+        self.optimizers.zero_grad()
+        self.ema.update(self.model, cfg.ema_decay if progress >= cfg.ema_start_frac else 0.0)
+        return loss_sum * scale
+
+    def _average_gradients(self) -> None:
+        """Sum each rank's (already 1/local-accum scaled) gradients and divide by the ranks."""
+        if not self.ctx.enabled:
+            return
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        all_reduce_sum_(flat)
+        flat /= self.ctx.world_size
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+    def _agreed(self, seconds: float) -> float:
+        """Ranks must agree on time, or they would stop at different steps: use the mean."""
+        if not self.ctx.enabled:
+            return seconds
+        total, = all_reduce_float64([seconds], self.ctx)
+        return total / self.ctx.world_size
+
+    def _stop_requested(self) -> bool:
+        flag = float(self.stop_signal != 0)
+        if self.ctx.enabled:
+            flag, = all_reduce_float64([flag], self.ctx)
+        return flag > 0
+
+    def _sync(self) -> None:
+        if self.ctx.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    # ---- logging, validation, checkpoints ----------------------------------------------------
+
+    def _log_train(self, loss: torch.Tensor, step_progress: float, log_time: float, log_step: int) -> None:
+        value = loss.item()
+        if self.ctx.enabled:
+            value = all_reduce_float64([value], self.ctx)[0] / self.ctx.world_size
+        seconds = max(self.elapsed - log_time, 1e-9)
+        tokens_per_s = (self.step - log_step) * self.cfg.train_batch_tokens / seconds
+        progress = self._progress()
+        eta = self.elapsed * (1 - progress) / progress if progress > 0 else 0.0
+        lr = lr_multiplier(self.step - 1, step_progress, self.cfg)  # the rate the last step used
+        self._say(f"step {self.step}/{self.cfg.iterations}  loss {value:.4f}  lr× {lr:.3f}  "
+                  f"{tokens_per_s:,.0f} tok/s  elapsed {format_duration(self.elapsed)}  ETA {format_duration(eta)}")
+        self._metrics({"kind": "train", "step": self.step, "loss": value, "lr_mult": lr, "tokens_per_s": tokens_per_s,
+                       "elapsed_s": self.elapsed, "eta_s": eta, "progress": progress})
+
+    def _validate(self, limit: int) -> ValResult:
+        tokens = self.val_tokens[: limit + 1] if limit else self.val_tokens
+        loops = self.cfg.num_loops if self._progress() >= self.cfg.enable_looping_at else 1
+        batch_seqs = max(1, VAL_BATCH_TOKENS // self.cfg.train_seq_len)
+        start = time.perf_counter()
+        result = plain_validation(self.model, tokens, self.tables, self.cfg.train_seq_len, batch_seqs, self.ctx, loops)
+        self._say(f"val step {self.step}: loss {result.loss:.4f}  bpb {result.bpb:.4f}  "
+                  f"({result.tokens:,} tokens, {time.perf_counter() - start:.1f}s)")
+        self._metrics({"kind": "val", "step": self.step, "val_loss": result.loss, "val_bpb": result.bpb,
+                       "tokens": result.tokens, "bytes": result.bytes, "loops": loops})
+        return result
+
+    def _save(self) -> None:
+        if self.ctx.is_main:
+            save_checkpoint(self.ckpt_path, Checkpoint(
+                config=dataclasses.asdict(self.cfg),
+                step=self.step,
+                elapsed_seconds=self.elapsed,
+                loader=self.batches.state.as_dict(),
+                dataset=dataset_identity(self.dataset),
+                provenance=provenance(self.ctx.device, self.ctx.world_size),
+                tensors={
+                    "model": self.model.state_dict(),
+                    "ema": self.ema.state_dict(),
+                    "optim": {k.removeprefix("optim."): v for k, v in self.optimizers.state_tensors().items()},
+                    "rng": {"torch": torch.get_rng_state()},
+                },
+            ))
+        barrier(self.ctx)
+
+    def _metrics(self, record: dict) -> None:
+        if self.ctx.is_main:
+            with open(self.out / METRICS_NAME, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def _say(self, line: str) -> None:
+        if self.ctx.is_main:
+            print(line, file=sys.stderr, flush=True)
+
+    def _install_signal_handlers(self) -> dict:
+        def request_stop(signum, _frame):
+            self.stop_signal = signum
+
+        previous = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, request_stop)
+        return previous
+
+
+def signal_restore(previous: dict) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)

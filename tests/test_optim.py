@@ -1,0 +1,220 @@
+"""Muon, Newton–Schulz, the LR schedule, optimiser checkpoint state and the distributed Muon split."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from golfctl.config import TrainConfig
+from golfctl.distributed import all_reduce_float64, barrier, broadcast_, init_distributed, shutdown
+from golfctl.optim import Muon, build_optimizers, lr_multiplier, muon_momentum, muon_update, newton_schulz5
+
+
+@pytest.mark.parametrize("shape", [(64, 32), (32, 96)])
+def test_newton_schulz5_singular_values_near_one(shape):
+    G = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    X = newton_schulz5(G, steps=5)
+    assert X.shape == G.shape
+    s = torch.linalg.svdvals(X)
+    assert s.min() > 0.5 and s.max() < 1.5, s
+
+
+def test_muon_decreases_least_squares_loss():
+    gen = torch.Generator().manual_seed(0)
+    X, W_true = torch.randn(256, 32, generator=gen), torch.randn(16, 32, generator=gen)
+    Y = X @ W_true.T
+    W = nn.Parameter(torch.zeros(16, 32))
+    opt = Muon([W], lr=0.1, momentum=0.9)
+
+    def loss() -> torch.Tensor:
+        return ((X @ W.T - Y) ** 2).mean()
+
+    start = loss().item()
+    for _ in range(100):  # Muon's step has a fixed size (≈ lr per singular direction): ~60 steps to cover W_true
+        opt.zero_grad()
+        loss().backward()
+        opt.step()
+    assert loss().item() < 0.01 * start
+
+
+def test_muon_weight_decay_shrinks_weights_without_gradient():
+    W = nn.Parameter(torch.ones(8, 4))
+    W.grad = torch.zeros_like(W)
+    Muon([W], lr=0.5, weight_decay=0.1).step()
+    torch.testing.assert_close(W.detach(), torch.full((8, 4), 0.95))  # × (1 − lr·wd), no update
+
+
+@pytest.mark.parametrize("shape", [(48, 16), (16, 48)])
+def test_muon_row_norm_gives_unit_rows(shape):
+    G = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+    W = nn.Parameter(torch.zeros(shape))
+    W.grad = G
+    lr = 0.01
+    Muon([W], lr=lr, momentum=0.0, row_norm=True).step()
+    rows = (W.detach() / -lr).norm(dim=1)
+    torch.testing.assert_close(rows, torch.ones(shape[0]), atol=1e-5, rtol=0)
+    # Without row_norm the rows are uneven (strongly so for a tall matrix) but average to the same norm.
+    plain = muon_update(G, steps=5, row_norm=False).norm(dim=1)
+    assert plain.std() > 0.01
+    assert abs(plain.pow(2).mean().sqrt().item() - 1.0) < 0.15
+
+
+def test_muon_rejects_non_matrix_params():
+    with pytest.raises(ValueError, match="2-D"):
+        Muon([nn.Parameter(torch.zeros(4))], lr=0.1)
+
+
+def test_lr_multiplier_shape():
+    cfg = TrainConfig(warmup_steps=4, warmdown_frac=0.2, min_lr_frac=0.1)
+    assert [lr_multiplier(s, 0.0, cfg) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    assert lr_multiplier(100, 0.5, cfg) == 1.0
+    assert lr_multiplier(100, 0.8, cfg) == 1.0  # warm-down starts after 1 − warmdown_frac
+    assert lr_multiplier(100, 0.9, cfg) == pytest.approx(0.55)  # halfway from 1.0 to 0.1
+    assert lr_multiplier(100, 1.0, cfg) == pytest.approx(0.1)
+    assert lr_multiplier(100, 1.5, cfg) == pytest.approx(0.1)  # floor, never below
+    assert lr_multiplier(100, 1.0, dataclasses.replace(cfg, min_lr_frac=0.0)) == 0.0
+    assert lr_multiplier(100, 1.0, dataclasses.replace(cfg, warmdown_frac=0.0)) == 1.0
+
+
+def test_lr_multiplier_warmdown_follows_progress_not_step():
+    cfg = TrainConfig(iterations=1000, warmdown_frac=0.2)
+    # Step 100 of 1000, but 90% of the wall-clock budget spent: halfway through the warm-down.
+    assert lr_multiplier(100, max(100 / 1000, 0.9), cfg) == pytest.approx(0.5)
+
+
+def test_muon_momentum_warmup():
+    cfg = TrainConfig(muon_momentum_warmup_start=0.85, muon_momentum=0.95, muon_momentum_warmup_steps=10)
+    assert muon_momentum(0, cfg) == pytest.approx(0.85)
+    assert muon_momentum(5, cfg) == pytest.approx(0.90)
+    assert muon_momentum(50, cfg) == pytest.approx(0.95)
+
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(16, 8)
+        self.fc1 = nn.Linear(8, 12)
+        self.fc2 = nn.Linear(12, 16)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.fc1(self.emb(idx))))
+
+    def groups(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
+        named = dict(self.named_parameters())
+        return {"embed": [("emb.weight", named["emb.weight"])],
+                "matrix": [(k, named[k]) for k in ("fc1.weight", "fc2.weight")],
+                "scalar": [(k, named[k]) for k in ("fc1.bias", "fc2.bias")]}
+
+
+CKPT_CFG = TrainConfig(warmup_steps=2, muon_momentum_warmup_steps=4, grad_clip_norm=1.0, muon_row_norm=True,
+                       adam_weight_decay=0.01, muon_weight_decay=0.01)
+
+
+def train_steps(model: Tiny, opts, steps: range, cfg: TrainConfig = CKPT_CFG) -> None:
+    for step in steps:
+        idx = torch.randint(0, 16, (32,), generator=torch.Generator().manual_seed(step))
+        opts.set_schedule(lr_multiplier(step, step / 10, cfg), step)
+        loss = nn.functional.cross_entropy(model(idx), (idx + 1) % 16)
+        loss.backward()
+        opts.clip_grad_norm_(cfg.grad_clip_norm)
+        opts.step()
+        opts.zero_grad()
+
+
+def test_state_tensors_round_trip_is_exact(tmp_path):
+    torch.manual_seed(0)
+    model = Tiny()
+    opts = build_optimizers(model.groups(), CKPT_CFG, "cpu")
+    train_steps(model, opts, range(3))
+    path = tmp_path / "ckpt.safetensors"
+    save_file({**opts.state_tensors(), **{f"model.{k}": v for k, v in model.state_dict().items()}}, path)
+
+    loaded = load_file(path)
+    resumed = Tiny()
+    resumed.load_state_dict({k.removeprefix("model."): v for k, v in loaded.items() if k.startswith("model.")})
+    resumed_opts = build_optimizers(resumed.groups(), CKPT_CFG, "cpu")
+    resumed_opts.load_state_tensors({k: v for k, v in loaded.items() if k.startswith("optim.")})
+    assert loaded["optim.embed.emb.weight.step"].item() == 3
+    assert "optim.matrix.fc1.weight.momentum_buffer" in loaded and "optim.matrix.momentum" in loaded
+
+    train_steps(model, opts, range(3, 5))
+    train_steps(resumed, resumed_opts, range(3, 5))
+    for (name, p), q in zip(model.named_parameters(), resumed.parameters()):
+        assert torch.equal(p, q), name
+
+
+def test_load_state_tensors_names_bad_keys():
+    model = Tiny()
+    opts = build_optimizers(model.groups(), CKPT_CFG, "cpu")
+    train_steps(model, opts, range(1))
+    state = opts.state_tensors()
+    del state["optim.scalar.fc2.bias.exp_avg"]
+    state["optim.matrix.fc3.weight.momentum_buffer"] = torch.zeros(2, 2)
+    with pytest.raises(ValueError, match=r"missing.*fc2\.bias\.exp_avg.*unexpected.*fc3\.weight"):
+        build_optimizers(Tiny().groups(), CKPT_CFG, "cpu").load_state_tensors(state)
+
+
+# Distributed: two gloo ranks must produce exactly the single-process Muon step.
+
+DIST_SHAPES = [(16, 8), (8, 24), (12, 12), (20, 4), (6, 10)]  # 5 params: rank 0 owns 0, 2, 4; rank 1 owns 1, 3
+
+
+def muon_problem() -> tuple[list[nn.Parameter], Muon]:
+    gen = torch.Generator().manual_seed(7)
+    params = [nn.Parameter(torch.randn(s, generator=gen)) for s in DIST_SHAPES]
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=gen)
+    return params, Muon(params, lr=0.05, momentum=0.9, row_norm=False, weight_decay=0.1)
+
+
+def muon_rank(rank: int, world_size: int, port: int, out_dir: str) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    ctx = init_distributed()
+    try:
+        params, opt = muon_problem()
+        opt.step()
+        result = {f"param{i}": p.detach() for i, p in enumerate(params)}
+        # Every rank keeps every momentum buffer, so rank 0 alone can checkpoint the full state.
+        result |= {f"buf{i}": opt.state[p]["momentum_buffer"] for i, p in enumerate(params)}
+        result["sums"] = torch.tensor(all_reduce_float64([rank + 0.25, 2.0**53 - 1], ctx), dtype=torch.float64)
+        result["from_rank1"] = broadcast_(torch.tensor([float(rank)]), src=1)
+        barrier(ctx)
+        save_file(result, os.path.join(out_dir, f"rank{rank}.safetensors"))
+    finally:
+        shutdown(ctx)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_distributed_muon_matches_single_process(tmp_path):
+    params, opt = muon_problem()
+    opt.step()
+    mp.spawn(muon_rank, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    for rank in range(2):
+        got = load_file(tmp_path / f"rank{rank}.safetensors")
+        for i, p in enumerate(params):
+            torch.testing.assert_close(got[f"param{i}"], p.detach(), atol=1e-6, rtol=0)
+            torch.testing.assert_close(got[f"buf{i}"], opt.state[p]["momentum_buffer"], atol=1e-6, rtol=0)
+        assert got["sums"].tolist() == [1.5, 2.0**54 - 2]  # float64: exact beyond float32's 2**24
+        assert got["from_rank1"].item() == 1.0
+
+
+def test_single_process_without_torchrun_env(monkeypatch):
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    ctx = init_distributed()
+    assert (ctx.rank, ctx.world_size, ctx.is_main, ctx.enabled) == (0, 1, True, False)
+    assert all_reduce_float64([1.0, 2.5], ctx) == [1.0, 2.5]
+    shutdown(ctx)
