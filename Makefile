@@ -11,13 +11,24 @@ OUT ?= artifacts
 CORPUS ?= shakespeare
 VOCAB ?= 1024
 TOKENIZE_ARGS ?=
+PRESET ?= tiny
+NPROC ?= 1
+TRAIN_ARGS ?=
+RESUME ?=
+RUN := $(OUT)/run
 
 GOLFCTL := $(BIN)/golfctl
+# Several ranks go through torchrun; one rank runs the same command directly.
+ifeq ($(NPROC),1)
+GOLFCTL_RANKS := $(GOLFCTL)
+else
+GOLFCTL_RANKS := $(BIN)/torchrun --standalone --nproc_per_node=$(NPROC) -m golfctl
+endif
 
-.PHONY: all install test bench data clean
+.PHONY: all install test bench data train clean
 .DELETE_ON_ERROR:
 
-all: data
+all: train
 
 # The venv sees the system's packages, so a torch the user already has (say a CUDA build)
 # is used as it is. Only when none imports do we install torch==$(TORCH_VERSION) first:
@@ -44,6 +55,17 @@ $(OUT)/.tokenize.args: FORCE | $(OUT)
 data: $(OUT)/data/manifest.json
 $(OUT)/data/manifest.json: $(OUT)/.tokenize.args | $(INSTALLED)
 	$(GOLFCTL) tokenize --corpus $(CORPUS) --vocab-size $(VOCAB) --out $(OUT)/data --force $(TOKENIZE_ARGS)
+
+$(OUT)/.train.args: FORCE | $(OUT)
+	@echo '$(PRESET) $(TRAIN_ARGS)' | cmp -s - $@ || echo '$(PRESET) $(TRAIN_ARGS)' > $@
+
+# A run trains in run.partial/ and becomes run/ only when it finishes, so an interrupted run
+# never passes for a finished one. `make train RESUME=1` continues an interrupted run.
+train: $(RUN)/ckpt.safetensors
+$(RUN)/ckpt.safetensors: $(OUT)/data/manifest.json $(OUT)/.train.args | $(INSTALLED)
+	$(if $(RESUME),,rm -rf $(RUN).partial)
+	$(GOLFCTL_RANKS) train --data $(OUT)/data --preset $(PRESET) --out $(RUN).partial $(if $(RESUME),--resume) $(TRAIN_ARGS)
+	rm -rf $(RUN) && mv $(RUN).partial $(RUN)
 
 $(OUT):
 	mkdir -p $@

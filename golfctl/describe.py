@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from golfctl.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, read_metadata
 from golfctl.dataset import MANIFEST_NAME, Dataset, checksum_mismatches, open_dataset
 from golfctl.errors import UserError
 from golfctl.shards import HEADER_BYTES, MAGIC, load_shard
@@ -26,7 +27,9 @@ def describe(path: str | Path) -> list[str]:
         return describe_shard(path)
     if path.suffix == ".model":
         return describe_tokenizer(path)
-    raise UserError(f"{path} is not a file kind golfctl knows (dataset folder, shard, tokenizer model)")
+    if len(head) > 8 and head[8:9] == b"{":  # safetensors: u64 header length, then a JSON object
+        return describe_weights(path)
+    raise UserError(f"{path} is not a file kind golfctl knows (dataset folder, shard, tokenizer model, checkpoint)")
 
 
 def _head(path: Path) -> bytes:
@@ -71,4 +74,22 @@ def describe_dataset(ds: Dataset) -> list[str]:
         raise UserError(f"{ds.root} failed its checksums: " + "; ".join(problems) + "; re-create it with `golfctl tokenize`")
     checked = sum(s.sha256 is not None for split in ds.splits.values() for s in split.shards)
     lines.append(f"  checks      sizes ok; {checked} shard checksum(s) ok" if m else "  checks      sizes ok (no checksums published)")
+    return lines
+
+
+def describe_weights(path: Path) -> list[str]:
+    kind = read_metadata(path).get("format")
+    if kind != CHECKPOINT_FORMAT:
+        raise UserError(f"{path} is a safetensors file of unknown kind {kind!r}")
+    ckpt = load_checkpoint(path)  # reads every tensor: sizes are checked
+    cfg = ckpt.config
+    lines = [f"{path}: training checkpoint ({CHECKPOINT_FORMAT} v1)",
+             f"  step        {ckpt.step:,} of {cfg['iterations']:,}  ({ckpt.elapsed_seconds:,.1f} s trained)",
+             f"  model       {cfg['num_layers']} layers × {cfg['model_dim']}, {cfg['num_heads']}/{cfg['num_kv_heads']} heads, "
+             f"vocab {cfg['vocab_size']}, loops {cfg['num_loops']}",
+             f"  dataset     {ckpt.dataset}",
+             f"  provenance  " + ", ".join(f"{k} {v}" for k, v in ckpt.provenance.items())]
+    for section, tensors in ckpt.tensors.items():
+        count = sum(t.numel() for t in tensors.values())
+        lines.append(f"  {section:<11} {len(tensors)} tensors, {count:,} values")
     return lines

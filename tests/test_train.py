@@ -153,3 +153,18 @@ def test_missing_data_and_refused_resume(tmp_path, small_dataset):
                        "another config", "model_dim")
     assert_clean_error(golfctl("train", "--data", small_dataset, "--config", small_toml(tmp_path), "--out", tmp_path / "run"),
                        "already holds a checkpoint")
+
+
+def test_inspect_checkpoint_and_damaged_copies(tmp_path, small_dataset):
+    run_train(TrainRun(cfg=small_config(iterations=2), data=small_dataset, out=tmp_path / "run"))
+    ckpt = tmp_path / "run" / "ckpt.safetensors"
+    result = golfctl("inspect", ckpt)
+    assert result.returncode == 0, result.stderr
+    assert "training checkpoint" in result.stdout and "step        2 of 2" in result.stdout
+    raw = ckpt.read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(raw[: len(raw) // 2])
+    assert_clean_error(golfctl("inspect", tmp_path / "cut.safetensors"), "cut.safetensors")
+    (tmp_path / "run2").mkdir()
+    (tmp_path / "run2" / "ckpt.safetensors").write_bytes(raw[: len(raw) // 2])
+    assert_clean_error(golfctl("train", "--data", small_dataset, "--config", small_toml(tmp_path), "--set",
+                               "iterations=2", "--out", tmp_path / "run2", "--resume"), "ckpt.safetensors")
