@@ -14,7 +14,8 @@ part timed on its own. The step always runs `loops = num_loops`, the looped phas
 Achieved model FLOP/s = model_flops_per_token(cfg, seq_len, loops) × tokens per step / mean
 step time. The reference is the best FLOP/s (2·n³ per product) of an n×n @ n×n matrix product
 timed in the same process with the same torch thread count, so MFU here means "fraction of
-what this machine's matmul reaches", not of a datasheet peak.
+what this machine's matmul reaches", not of a datasheet peak. Other work on the same cores
+inflates every step time: a large sd, or a median well above the min, is the sign of it.
 
 On CPU everything is float32. On CUDA the forward runs under bf16 autocast (as in training)
 and the reference is a bf16 matmul; timings are bracketed by torch.cuda.synchronize(). The
@@ -177,7 +178,8 @@ def report(cfg: TrainConfig, device: torch.device, n_params: int, timings: list[
         ("tokens / step", f"{tokens:,} ({cfg.grad_accum} × {tokens // cfg.grad_accum // cfg.train_seq_len}"
                           f" × {cfg.train_seq_len})"),
         ("model FLOPs / token", f"{flops_per_token / 1e6:,.2f} M"),
-        ("step time", f"{mean_s * 1e3:,.1f} ms ± {spread * 1e3:,.1f} (mean ± sd of {len(step_s)})"),
+        ("step time", f"{mean_s * 1e3:,.1f} ms ± {spread * 1e3:,.1f} (mean ± sd of {len(step_s)}); "
+                      f"median {statistics.median(step_s) * 1e3:,.1f}, min {min(step_s) * 1e3:,.1f}"),
         ("tokens / s", f"{tokens / mean_s:,.0f}"),
         ("achieved model GFLOP/s", f"{achieved / 1e9:,.2f}"),
         (f"matmul GFLOP/s ({matmul_n}², {'bf16' if device.type == 'cuda' else 'fp32'})", f"{matmul_flops / 1e9:,.2f}"),
