@@ -67,6 +67,22 @@ def train_command(data, preset, config_file, overrides, out, resume, tokenizer, 
         sys.exit(128 + summary["signal"])
 
 
+@cli.command("ema-finalize")
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Model file to write (final.safetensors).")
+@click.option("--raw", is_flag=True, help="Export the raw weights instead of the EMA.")
+@click.option("--compare", is_flag=True, help="Score raw and EMA weights on the validation split (needs --data).")
+@click.option("--data", type=click.Path(path_type=Path), default=None, help="Dataset folder, for --compare.")
+@click.option("--tokenizer", type=click.Path(path_type=Path), default=None,
+              help="Tokenizer .model for datasets that carry none.")
+def ema_finalize_command(checkpoint, out, raw, compare, data, tokenizer) -> None:
+    """Write a checkpoint's EMA (or raw) weights as a model file."""
+    from stages.ema_finalize import EmaFinalizeConfig, run_ema_finalize
+
+    run_ema_finalize(EmaFinalizeConfig(checkpoint=checkpoint, out=out, raw=raw, compare=compare, data=data,
+                                       tokenizer=tokenizer))
+
+
 @cli.command("inspect")
 @click.argument("path", type=click.Path(path_type=Path))
 def inspect_command(path: Path) -> None:

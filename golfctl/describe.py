@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,7 @@ from golfctl.dataset import MANIFEST_NAME, Dataset, checksum_mismatches, open_da
 from golfctl.errors import UserError
 from golfctl.shards import HEADER_BYTES, MAGIC, load_shard
 from golfctl.tokenizer import check_shard_tokenizer, load_tokenizer
+from golfctl.weights import MODEL_FORMAT, MODEL_VERSION, load_weights
 
 
 def describe(path: str | Path) -> list[str]:
@@ -29,7 +32,7 @@ def describe(path: str | Path) -> list[str]:
         return describe_tokenizer(path)
     if len(head) > 8 and head[8:9] == b"{":  # safetensors: u64 header length, then a JSON object
         return describe_weights(path)
-    raise UserError(f"{path} is not a file kind golfctl knows (dataset folder, shard, tokenizer model, checkpoint)")
+    raise UserError(f"{path} is not a file kind golfctl knows (dataset folder, shard, tokenizer model, checkpoint, model file)")
 
 
 def _head(path: Path) -> bytes:
@@ -78,18 +81,34 @@ def describe_dataset(ds: Dataset) -> list[str]:
 
 
 def describe_weights(path: Path) -> list[str]:
-    kind = read_metadata(path).get("format")
+    meta = read_metadata(path)
+    kind = meta.get("format")
+    if kind == MODEL_FORMAT:
+        weights = load_weights(path)  # reads every tensor: sizes are checked
+        return [f"{path}: model ({MODEL_FORMAT} v{MODEL_VERSION}), {weights.kind} weights",
+                _model_line(dataclasses.asdict(weights.config)),
+                f"  values      {sum(t.numel() for t in weights.state.values()):,} in {len(weights.state)} tensors",
+                f"  source      {meta.get('source')}",
+                _provenance_line(json.loads(meta.get("provenance", "{}")))]
     if kind != CHECKPOINT_FORMAT:
         raise UserError(f"{path} is a safetensors file of unknown kind {kind!r}")
     ckpt = load_checkpoint(path)  # reads every tensor: sizes are checked
     cfg = ckpt.config
     lines = [f"{path}: training checkpoint ({CHECKPOINT_FORMAT} v1)",
              f"  step        {ckpt.step:,} of {cfg['iterations']:,}  ({ckpt.elapsed_seconds:,.1f} s trained)",
-             f"  model       {cfg['num_layers']} layers × {cfg['model_dim']}, {cfg['num_heads']}/{cfg['num_kv_heads']} heads, "
-             f"vocab {cfg['vocab_size']}, loops {cfg['num_loops']}",
+             _model_line(cfg),
              f"  dataset     {ckpt.dataset}",
-             f"  provenance  " + ", ".join(f"{k} {v}" for k, v in ckpt.provenance.items())]
+             _provenance_line(ckpt.provenance)]
     for section, tensors in ckpt.tensors.items():
         count = sum(t.numel() for t in tensors.values())
         lines.append(f"  {section:<11} {len(tensors)} tensors, {count:,} values")
     return lines
+
+
+def _model_line(cfg: dict) -> str:
+    return (f"  model       {cfg['num_layers']} layers × {cfg['model_dim']}, {cfg['num_heads']}/{cfg['num_kv_heads']} heads, "
+            f"vocab {cfg['vocab_size']}, loops {cfg['num_loops']} (eval {cfg['eval_loops'] or cfg['num_loops']})")
+
+
+def _provenance_line(prov: dict) -> str:
+    return "  provenance  " + ", ".join(f"{k} {v}" for k, v in prov.items())

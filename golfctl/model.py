@@ -43,6 +43,13 @@ def norm(x: torch.Tensor) -> torch.Tensor:
     return F.rms_norm(x, (x.size(-1),))
 
 
+class FinalNorm(nn.Module):
+    """The norm before the tied head, as a module so calibration can hook the head's input."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return norm(x)
+
+
 class Rotary(nn.Module):
     """RoPE angles for the first `dims` dims of each head, cached per (seq_len, device).
 
@@ -153,6 +160,7 @@ class GPT(nn.Module):
         nn.init.normal_(self.tok_emb.weight, std=cfg.tied_embed_init_std)
         self.blocks = nn.ModuleList(Block(cfg, parallel=0 <= cfg.parallel_start <= i) for i in range(cfg.num_layers))
         self.rotary = Rotary(cfg.rope_dims or cfg.head_dim, cfg.rope_base)
+        self.final_norm = FinalNorm()
         n_skips = max_skips(cfg)
         self.skip_weights = nn.Parameter(torch.ones(n_skips, cfg.model_dim)) if n_skips else None
 
@@ -173,7 +181,7 @@ class GPT(nn.Module):
             x = self.blocks[layer](x, x0, cos, sin)
             if i < n_encoder:
                 skips.append(x)
-        logits = F.linear(norm(x), self.tok_emb.weight).float()  # (B, T, V), tied head
+        logits = F.linear(self.final_norm(x), self.tok_emb.weight).float()  # (B, T, V), tied head
         c = self.cfg.logit_softcap
         logits = c * torch.tanh(logits / c)
         if target_ids is None:

@@ -9,8 +9,39 @@ import numpy as np
 import torch
 from torch import nn
 
-from golfctl.bpb import TorchByteTables, bits_per_byte
+from pathlib import Path
+
+from golfctl.bpb import ByteTables, TorchByteTables, bits_per_byte
+from golfctl.dataset import Dataset
 from golfctl.distributed import DistContext, all_reduce_float64
+from golfctl.errors import UserError
+from golfctl.fileio import sha256_file
+from golfctl.tokenizer import load_tokenizer
+
+
+@dataclass(frozen=True)
+class ValidationSet:
+    tokens: np.ndarray  # the whole validation stream (uint16)
+    tables: TorchByteTables
+
+
+def load_validation_set(dataset: Dataset, tokenizer: Path | None, vocab_size: int, min_tokens: int,
+                        device: torch.device) -> ValidationSet:
+    """The validation stream and byte tables, after checking the tokenizer against data and model."""
+    path = tokenizer or dataset.tokenizer_path
+    if path is None:
+        raise UserError(f"{dataset.root} has no tokenizer.model; pass --tokenizer with the dataset's .model file")
+    sp = load_tokenizer(path)
+    if dataset.tokenizer_sha256 is not None and sha256_file(path) != dataset.tokenizer_sha256:
+        raise UserError(f"tokenizer {path} is not the one {dataset.root} was tokenized with (sha256 differs)")
+    if sp.vocab_size() != vocab_size:
+        raise UserError(f"config vocab_size {vocab_size} does not match the tokenizer's {sp.vocab_size()}; "
+                        f"use --set vocab_size={sp.vocab_size()} or a matching dataset")
+    val = dataset.splits["val"]
+    if val.tokens <= min_tokens:
+        raise UserError(f"{dataset.root} has {val.tokens:,} validation tokens, not enough for one window of "
+                        f"{min_tokens}; tokenize with more --val-docs")
+    return ValidationSet(val.load_tokens(), TorchByteTables(ByteTables.from_tokenizer(sp), device))
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 
-from golfctl.bpb import ByteTables, TorchByteTables
 from golfctl.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from golfctl.config import TrainConfig, config_lines
 from golfctl.dataset import Dataset, open_dataset
@@ -32,8 +31,7 @@ from golfctl.model import GPT, parameter_groups
 from golfctl.optim import Optimizers, build_optimizers, lr_multiplier
 from golfctl.progress import format_duration
 from golfctl.provenance import provenance
-from golfctl.tokenizer import load_tokenizer
-from golfctl.validation import ValResult, autocast, plain_validation
+from golfctl.validation import ValResult, autocast, load_validation_set, plain_validation
 
 CHECKPOINT_NAME = "ckpt.safetensors"
 METRICS_NAME = "metrics.jsonl"
@@ -76,12 +74,8 @@ class _Trainer:
     def __init__(self, run: TrainRun, ctx: DistContext):
         self.run, self.cfg, self.ctx = run, run.cfg, ctx
         self.dataset = open_dataset(run.data)
-        self.tables = TorchByteTables(ByteTables.from_tokenizer(self._tokenizer()), ctx.device)
-        val = self.dataset.splits["val"]
-        if val.tokens <= self.cfg.train_seq_len:
-            raise UserError(f"{run.data} has {val.tokens:,} validation tokens, not enough for one window of "
-                            f"{self.cfg.train_seq_len}; tokenize with more --val-docs")
-        self.val_tokens = val.load_tokens()
+        self.val = load_validation_set(self.dataset, run.tokenizer, self.cfg.vocab_size, self.cfg.train_seq_len,
+                                       ctx.device)
         self.batches = TrainBatches(self.dataset.splits["train"], self.cfg.train_batch_tokens, self.cfg.train_seq_len,
                                     self.cfg.grad_accum, self.cfg.seed, ctx.rank, ctx.world_size)
         self.out = Path(run.out)
@@ -99,19 +93,6 @@ class _Trainer:
         self.compiled = self._compile()
 
     # ---- set-up -------------------------------------------------------------------------
-
-    def _tokenizer(self):
-        path = self.run.tokenizer or self.dataset.tokenizer_path
-        if path is None:
-            raise UserError(f"{self.run.data} has no tokenizer.model; pass --tokenizer with the dataset's .model file")
-        sp = load_tokenizer(path)
-        expected = self.dataset.tokenizer_sha256
-        if expected is not None and sha256_file(path) != expected:
-            raise UserError(f"tokenizer {path} is not the one {self.run.data} was tokenized with (sha256 differs)")
-        if sp.vocab_size() != self.cfg.vocab_size:
-            raise UserError(f"config vocab_size {self.cfg.vocab_size} does not match the tokenizer's "
-                            f"{sp.vocab_size()}; use --set vocab_size={sp.vocab_size()} or a matching dataset")
-        return sp
 
     def _check_run_folder(self) -> None:
         if self.run.resume and not self.ckpt_path.is_file():
@@ -288,11 +269,12 @@ class _Trainer:
                        "elapsed_s": self.elapsed, "eta_s": eta, "progress": progress})
 
     def _validate(self, limit: int) -> ValResult:
-        tokens = self.val_tokens[: limit + 1] if limit else self.val_tokens
+        tokens = self.val.tokens[: limit + 1] if limit else self.val.tokens
         loops = self.cfg.num_loops if self._progress() >= self.cfg.enable_looping_at else 1
         batch_seqs = max(1, VAL_BATCH_TOKENS // self.cfg.train_seq_len)
         start = time.perf_counter()
-        result = plain_validation(self.model, tokens, self.tables, self.cfg.train_seq_len, batch_seqs, self.ctx, loops)
+        result = plain_validation(self.model, tokens, self.val.tables, self.cfg.train_seq_len, batch_seqs, self.ctx,
+                                  loops)
         self._say(f"val step {self.step}: loss {result.loss:.4f}  bpb {result.bpb:.4f}  "
                   f"({result.tokens:,} tokens, {time.perf_counter() - start:.1f}s)")
         self._metrics({"kind": "val", "step": self.step, "val_loss": result.loss, "val_bpb": result.bpb,

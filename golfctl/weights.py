@@ -1,0 +1,93 @@
+"""Model files (`final.safetensors`): plain fp32 weights that describe themselves, no pickle.
+
+Layout: a safetensors file whose tensors are the model's state dict (`tok_emb.weight`,
+`blocks.0.attn.c_q.weight`, …) and whose metadata holds format="golfctl.model",
+version="1", config (resolved, JSON), weights ("ema" or "raw"), source (sha256 of the
+checkpoint it came from) and provenance (JSON).
+
+`load_weights` also accepts a training checkpoint (its EMA weights, or raw ones on request),
+so every later stage takes either.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save
+
+from golfctl.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, read_metadata
+from golfctl.config import TrainConfig, config_from_dict
+from golfctl.errors import UserError
+from golfctl.fileio import atomic_write_bytes, sha256_file
+from golfctl.model import GPT
+
+MODEL_FORMAT = "golfctl.model"
+MODEL_VERSION = 1
+
+
+@dataclass
+class Weights:
+    config: TrainConfig
+    state: dict[str, torch.Tensor]
+    kind: str  # "ema" or "raw"
+    origin: str  # what they were read from, for messages: "model file", "checkpoint EMA", …
+    sha256: str  # of the file they were read from (provenance of whatever is made from them)
+
+
+def save_model_file(path: Path, weights: Weights, provenance: dict) -> None:
+    metadata = {
+        "format": MODEL_FORMAT,
+        "version": str(MODEL_VERSION),
+        "config": json.dumps(dataclasses.asdict(weights.config), sort_keys=True),
+        "weights": weights.kind,
+        "source": weights.sha256,
+        "provenance": json.dumps(provenance, sort_keys=True),
+    }
+    tensors = {k: v.detach().float().cpu().contiguous() for k, v in weights.state.items()}
+    atomic_write_bytes(path, save(tensors, metadata=metadata))
+
+
+def load_weights(path: Path, raw: bool = False) -> Weights:
+    """Weights from a model file, or a checkpoint's EMA (or, with `raw`, its raw) weights."""
+    path = Path(path)
+    meta = read_metadata(path)
+    kind = meta.get("format")
+    if kind == CHECKPOINT_FORMAT:
+        ckpt = load_checkpoint(path)
+        section = "model" if raw else "ema"
+        config = _config(ckpt.config, path)
+        return Weights(config, ckpt.tensors[section], "raw" if raw else "ema",
+                       f"checkpoint {'raw' if raw else 'EMA'} weights", sha256_file(path))
+    if kind != MODEL_FORMAT:
+        raise UserError(f"{path} is neither a golfctl model file nor a checkpoint (format {kind!r})")
+    if meta.get("version") != str(MODEL_VERSION):
+        raise UserError(f"{path} is model format version {meta.get('version')}; this golfctl reads {MODEL_VERSION}")
+    try:
+        config = _config(json.loads(meta["config"]), path)
+        with safe_open(str(path), framework="pt") as f:
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, KeyError, ValueError) as exc:
+        raise UserError(f"{path} is a damaged model file ({exc})") from None
+    return Weights(config, state, meta.get("weights", "?"), "model file", sha256_file(path))
+
+
+def _config(values: dict, path: Path) -> TrainConfig:
+    try:
+        return config_from_dict(TrainConfig, values)
+    except UserError as exc:
+        raise UserError(f"{path} records a config this golfctl cannot use ({exc})") from None
+
+
+def build_model(weights: Weights, device: torch.device) -> GPT:
+    """The GPT the weights belong to, in eval mode on `device`."""
+    model = GPT(weights.config.model_config())
+    try:
+        model.load_state_dict(weights.state)
+    except RuntimeError as exc:
+        raise UserError(f"the {weights.origin} do not fit the model their config describes ({exc})") from None
+    return model.to(device).eval()

@@ -1,0 +1,64 @@
+"""Stage `ema-finalize`: a training checkpoint → `final.safetensors` (its EMA, or raw, weights).
+
+With `compare`, both weight sets are scored on the validation split (plain BPB over
+non-overlapping windows at the model's evaluation depth) and printed side by side.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from golfctl.checkpoint import CHECKPOINT_FORMAT, read_metadata
+from golfctl.dataset import open_dataset
+from golfctl.distributed import DistContext
+from golfctl.errors import UserError
+from golfctl.provenance import provenance
+from golfctl.validation import ValResult, load_validation_set, plain_validation
+from golfctl.weights import Weights, build_model, load_weights, save_model_file
+
+VAL_BATCH_TOKENS = 131_072
+
+
+@dataclass(frozen=True)
+class EmaFinalizeConfig:
+    checkpoint: Path
+    out: Path
+    raw: bool = False  # export the raw weights instead of the EMA
+    compare: bool = False  # score raw and EMA weights on the validation split (needs `data`)
+    data: Path | None = None
+    tokenizer: Path | None = None
+
+
+def run_ema_finalize(cfg: EmaFinalizeConfig) -> dict:
+    if read_metadata(cfg.checkpoint).get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"{cfg.checkpoint} is not a training checkpoint; pass RUNDIR/ckpt.safetensors")
+    if cfg.compare and cfg.data is None:
+        raise UserError("--compare scores the weights on the validation split: pass --data DIR")
+    weights = load_weights(cfg.checkpoint, raw=cfg.raw)
+    device = torch.device("cpu")
+    save_model_file(cfg.out, weights, provenance(device, 1))
+    _say(f"ema-finalize: wrote {cfg.out} ({weights.origin}, {sum(t.numel() for t in weights.state.values()):,} values)")
+    summary: dict = {"out": str(cfg.out), "weights": weights.kind}
+    if cfg.compare:
+        for kind in ("raw", "ema"):
+            result = score(load_weights(cfg.checkpoint, raw=kind == "raw"), cfg.data, cfg.tokenizer, device)
+            summary[kind] = {"val_loss": result.loss, "val_bpb": result.bpb}
+            _say(f"  {kind:<4} weights: val_loss {result.loss:.4f}  val_bpb {result.bpb:.4f}  ({result.tokens:,} tokens)")
+    return summary
+
+
+def score(weights: Weights, data: Path, tokenizer: Path | None, device: torch.device) -> ValResult:
+    """Plain validation BPB of `weights` at their evaluation depth, on one process."""
+    config = weights.config
+    val = load_validation_set(open_dataset(data), tokenizer, config.vocab_size, config.train_seq_len, device)
+    ctx = DistContext(rank=0, world_size=1, local_rank=0, device=device)
+    return plain_validation(build_model(weights, device), val.tokens, val.tables, config.train_seq_len,
+                            max(1, VAL_BATCH_TOKENS // config.train_seq_len), ctx, config.resolved_eval_loops)
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
