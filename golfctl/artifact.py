@@ -94,6 +94,7 @@ class Artifact:
     tensors: dict[str, QuantizedTensor | Float16Tensor] = field(default_factory=dict)
     header_bytes: int = 0  # compressed header size
     payload_bytes: int = 0
+    stored_bytes: dict[str, int] = field(default_factory=dict)  # per tensor: its payload regions' bytes
 
 
 def qmax(bits: int) -> int:
@@ -139,8 +140,9 @@ def encode_artifact(tensors: list, codec: str, config: dict, source: dict, meta:
             entries.append(_encode_int(t, shape, codec, region))
         elif isinstance(t, Float16Tensor):
             values = np.asarray(t.values)
-            if values.dtype != np.float16 or values.size != math.prod(shape):
-                raise ValueError(f"{t.name}: values must be {math.prod(shape)} float16, got {values.size} {values.dtype}")
+            numel = math.prod(shape)
+            if values.dtype != np.float16 or values.size != numel:
+                raise ValueError(f"{t.name}: values must be {numel} float16, got {values.size} {values.dtype}")
             entries.append({"name": t.name, "shape": list(shape), "kind": "fp16",
                             "data": region(np.ascontiguousarray(values, dtype=_FP16).tobytes())})
         else:
@@ -210,6 +212,7 @@ def decode_artifact(data: bytes, origin: str) -> Artifact:
     entries = _check_header(header, payload_len, origin)
     codec = CODECS[header["codec"]]
     tensors = {}
+    stored = {e["name"]: e["data"]["length"] + e.get("scales", {}).get("length", 0) for e in entries}
     for entry in entries:
         name, shape = entry["name"], tuple(entry["shape"])
         numel = math.prod(shape)
@@ -225,13 +228,14 @@ def decode_artifact(data: bytes, origin: str) -> Artifact:
             raise UserError(f"{origin}: tensor {name!r} cannot be decoded ({exc}); {_REMAKE}") from None
         limit = qmax(entry["bits"])
         if not -limit <= int(q.min()) <= int(q.max()) <= limit:
-            raise UserError(f"{origin}: tensor {name!r} has values beyond ±{limit} for {entry['bits']} bits; {_REMAKE}")
+            raise UserError(f"{origin}: tensor {name!r} has values beyond ±{limit} "
+                            f"for {entry['bits']} bits; {_REMAKE}")
         scales = np.frombuffer(_slice(payload, entry["scales"]), dtype=_FP16).astype(np.float16)
         if not np.isfinite(scales).all():
             raise UserError(f"{origin}: tensor {name!r} has non-finite scales; {_REMAKE}")
         tensors[name] = QuantizedTensor(name, shape, entry["bits"], q.reshape(rows, cols), scales)
     return Artifact(codec=header["codec"], config=header["config"], source=header["source"], meta=header["meta"],
-                    tensors=tensors, header_bytes=header_len, payload_bytes=payload_len)
+                    tensors=tensors, header_bytes=header_len, payload_bytes=payload_len, stored_bytes=stored)
 
 
 def dequantized_state(artifact: Artifact) -> dict[str, torch.Tensor]:

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save
 
 from golfctl.errors import UserError
 from golfctl.fileio import atomic_write_bytes
+from golfctl.safetensors_io import serialize
 
 CHECKPOINT_FORMAT = "golfctl.checkpoint"
 CHECKPOINT_VERSION = 1
@@ -53,7 +53,7 @@ def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
         "dataset": ckpt.dataset,
         "provenance": json.dumps(ckpt.provenance, sort_keys=True),
     }
-    atomic_write_bytes(path, save(flat, metadata=metadata))
+    atomic_write_bytes(path, serialize(flat, metadata))
 
 
 def read_metadata(path: Path) -> dict[str, str]:

@@ -83,6 +83,37 @@ def ema_finalize_command(checkpoint, out, raw, compare, data, tokenizer) -> None
                                        tokenizer=tokenizer))
 
 
+@cli.command("quantize")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--data", type=click.Path(path_type=Path), required=True,
+              help="Dataset folder: calibration reads its training tokens (and --eval its validation tokens).")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Artifact to write (artifact.bin).")
+@click.option("--method", type=click.Choice(["gptq", "rtn"]), default="gptq", show_default=True)
+@click.option("--bits", type=int, default=6, show_default=True, help="Bits of the block matrices.")
+@click.option("--embed-bits", type=int, default=8, show_default=True, help="Bits of the tied embedding.")
+@click.option("--clip-sigmas", type=float, default=12.85, show_default=True,
+              help="SDClip k of the block matrices: row scale = k·std(row)/qmax.")
+@click.option("--embed-clip-sigmas", type=float, default=20.0, show_default=True, help="SDClip k of the embedding.")
+@click.option("--budget", type=int, default=16_000_000, show_default=True, help="Bytes for artifact + code.")
+@click.option("--fit", is_flag=True, help="Bisect --clip-sigmas for the finest grid that fits the budget.")
+@click.option("--codec", type=click.Choice(["ans", "zstd"]), default="ans", show_default=True,
+              help="Entropy coder of the quantized integers.")
+@click.option("--calib-batches", type=int, default=16, show_default=True, help="Calibration batches of training tokens.")
+@click.option("--calib-batch-seqs", type=int, default=8, show_default=True, help="Sequences per calibration batch.")
+@click.option("--eval", "evaluate", is_flag=True, help="Also report validation BPB before and after quantization.")
+@click.option("--tokenizer", type=click.Path(path_type=Path), default=None,
+              help="Tokenizer .model for datasets that carry none (with --eval).")
+def quantize_command(model, data, out, method, bits, embed_bits, clip_sigmas, embed_clip_sigmas, budget, fit, codec,
+                     calib_batches, calib_batch_seqs, evaluate, tokenizer) -> None:
+    """Quantize a model (or a checkpoint's EMA weights) into a budget-checked artifact."""
+    from stages.quantize import QuantizeConfig, run_quantize
+
+    run_quantize(QuantizeConfig(model=model, data=data, out=out, method=method, bits=bits, embed_bits=embed_bits,
+                                clip_sigmas=clip_sigmas, embed_clip_sigmas=embed_clip_sigmas, budget=budget, fit=fit,
+                                codec=codec, calib_batches=calib_batches, calib_batch_seqs=calib_batch_seqs,
+                                evaluate=evaluate, tokenizer=tokenizer))
+
+
 @cli.command("inspect")
 @click.argument("path", type=click.Path(path_type=Path))
 def inspect_command(path: Path) -> None:

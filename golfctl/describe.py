@@ -8,6 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
+from golfctl.artifact import FORMAT as ARTIFACT_FORMAT
+from golfctl.artifact import MAGIC as ARTIFACT_MAGIC
+from golfctl.artifact import VERSION as ARTIFACT_VERSION
+from golfctl.artifact import QuantizedTensor, read_artifact
+from golfctl.budget import budget_for
 from golfctl.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, read_metadata
 from golfctl.dataset import MANIFEST_NAME, Dataset, checksum_mismatches, open_dataset
 from golfctl.errors import UserError
@@ -28,11 +33,13 @@ def describe(path: str | Path) -> list[str]:
     head = path.read_bytes()[:HEADER_BYTES] if path.stat().st_size < (1 << 20) else _head(path)
     if len(head) >= 4 and int.from_bytes(head[:4], "little") == MAGIC:
         return describe_shard(path)
+    if head.startswith(ARTIFACT_MAGIC):
+        return describe_artifact(path)
     if path.suffix == ".model":
         return describe_tokenizer(path)
     if len(head) > 8 and head[8:9] == b"{":  # safetensors: u64 header length, then a JSON object
         return describe_weights(path)
-    raise UserError(f"{path} is not a file kind golfctl knows (dataset folder, shard, tokenizer model, checkpoint, model file)")
+    raise UserError(f"{path} is not a file kind golfctl knows (dataset folder, shard, tokenizer model, checkpoint, model file, quantized artifact)")
 
 
 def _head(path: Path) -> bytes:
@@ -112,3 +119,21 @@ def _model_line(cfg: dict) -> str:
 
 def _provenance_line(prov: dict) -> str:
     return "  provenance  " + ", ".join(f"{k} {v}" for k, v in prov.items())
+
+
+def describe_artifact(path: Path) -> list[str]:
+    artifact = read_artifact(path)  # validates every length, offset, shape and the checksum
+    meta = artifact.meta
+    lines = [f"{path}: quantized artifact ({ARTIFACT_FORMAT} v{ARTIFACT_VERSION}), codec {artifact.codec}",
+             _model_line(artifact.config),
+             "  quantizer   " + ", ".join(f"{k} {v}" for k, v in sorted(meta.items())),
+             "  source      " + ", ".join(f"{k} {v}" for k, v in sorted(artifact.source.items())),
+             f"  header      {artifact.header_bytes:,} bytes (zstd JSON); payload {artifact.payload_bytes:,} bytes",
+             f"  {'tensor':<34}{'shape':>14}{'kind':>7}{'bytes':>10}"]
+    for name, tensor in artifact.tensors.items():
+        kind = f"int{tensor.bits}" if isinstance(tensor, QuantizedTensor) else "fp16"
+        shape = "×".join(map(str, tensor.shape)) or "scalar"
+        lines.append(f"  {name:<34}{shape:>14}{kind:>7}{artifact.stored_bytes[name]:>10,}")
+    lines.append("  budget")
+    lines += budget_for(path.stat().st_size).table()
+    return lines

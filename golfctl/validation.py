@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from pathlib import Path
-
 from golfctl.bpb import ByteTables, TorchByteTables, bits_per_byte
-from golfctl.dataset import Dataset
+from golfctl.dataset import Dataset, open_dataset
 from golfctl.distributed import DistContext, all_reduce_float64
 from golfctl.errors import UserError
 from golfctl.fileio import sha256_file
 from golfctl.tokenizer import load_tokenizer
+from golfctl.weights import Weights, build_model
+
+VAL_BATCH_TOKENS = 131_072  # tokens per validation forward
 
 
 @dataclass(frozen=True)
@@ -85,3 +87,13 @@ def plain_validation(model: nn.Module, tokens: np.ndarray, tables: TorchByteTabl
     total_tokens = n_seqs * seq_len
     return ValResult(total_nll / total_tokens, bits_per_byte(total_nll, int(total_bytes)), total_tokens,
                      int(total_bytes))
+
+
+
+def score_weights(weights: Weights, data: Path, tokenizer: Path | None, device: torch.device) -> ValResult:
+    """Plain validation BPB of `weights` at their evaluation depth, in one process."""
+    config = weights.config
+    val = load_validation_set(open_dataset(data), tokenizer, config.vocab_size, config.train_seq_len, device)
+    ctx = DistContext(rank=0, world_size=1, local_rank=0, device=device)
+    return plain_validation(build_model(weights, device), val.tokens, val.tables, config.train_seq_len,
+                            max(1, VAL_BATCH_TOKENS // config.train_seq_len), ctx, config.resolved_eval_loops)

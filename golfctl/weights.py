@@ -18,13 +18,14 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save
 
+from golfctl.artifact import MAGIC, dequantized_state, read_artifact
 from golfctl.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, read_metadata
 from golfctl.config import TrainConfig, config_from_dict
 from golfctl.errors import UserError
 from golfctl.fileio import atomic_write_bytes, sha256_file
 from golfctl.model import GPT
+from golfctl.safetensors_io import serialize
 
 MODEL_FORMAT = "golfctl.model"
 MODEL_VERSION = 1
@@ -49,12 +50,17 @@ def save_model_file(path: Path, weights: Weights, provenance: dict) -> None:
         "provenance": json.dumps(provenance, sort_keys=True),
     }
     tensors = {k: v.detach().float().cpu().contiguous() for k, v in weights.state.items()}
-    atomic_write_bytes(path, save(tensors, metadata=metadata))
+    atomic_write_bytes(path, serialize(tensors, metadata))
 
 
 def load_weights(path: Path, raw: bool = False) -> Weights:
-    """Weights from a model file, or a checkpoint's EMA (or, with `raw`, its raw) weights."""
+    """Weights from a model file, a quantized artifact (dequantized), or a checkpoint's EMA (or,
+    with `raw`, its raw) weights."""
     path = Path(path)
+    if _is_artifact(path):
+        artifact = read_artifact(path)
+        return Weights(_config(artifact.config, path), dequantized_state(artifact), "quantized",
+                       "quantized artifact (dequantized)", sha256_file(path))
     meta = read_metadata(path)
     kind = meta.get("format")
     if kind == CHECKPOINT_FORMAT:
@@ -74,6 +80,14 @@ def load_weights(path: Path, raw: bool = False) -> Weights:
     except (SafetensorError, KeyError, ValueError) as exc:
         raise UserError(f"{path} is a damaged model file ({exc})") from None
     return Weights(config, state, meta.get("weights", "?"), "model file", sha256_file(path))
+
+
+def _is_artifact(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(MAGIC)) == MAGIC
+    except OSError:
+        return False
 
 
 def _config(values: dict, path: Path) -> TrainConfig:

@@ -13,14 +13,10 @@ from pathlib import Path
 import torch
 
 from golfctl.checkpoint import CHECKPOINT_FORMAT, read_metadata
-from golfctl.dataset import open_dataset
-from golfctl.distributed import DistContext
 from golfctl.errors import UserError
 from golfctl.provenance import provenance
-from golfctl.validation import ValResult, load_validation_set, plain_validation
-from golfctl.weights import Weights, build_model, load_weights, save_model_file
-
-VAL_BATCH_TOKENS = 131_072
+from golfctl.validation import score_weights
+from golfctl.weights import load_weights, save_model_file
 
 
 @dataclass(frozen=True)
@@ -45,19 +41,10 @@ def run_ema_finalize(cfg: EmaFinalizeConfig) -> dict:
     summary: dict = {"out": str(cfg.out), "weights": weights.kind}
     if cfg.compare:
         for kind in ("raw", "ema"):
-            result = score(load_weights(cfg.checkpoint, raw=kind == "raw"), cfg.data, cfg.tokenizer, device)
+            result = score_weights(load_weights(cfg.checkpoint, raw=kind == "raw"), cfg.data, cfg.tokenizer, device)
             summary[kind] = {"val_loss": result.loss, "val_bpb": result.bpb}
             _say(f"  {kind:<4} weights: val_loss {result.loss:.4f}  val_bpb {result.bpb:.4f}  ({result.tokens:,} tokens)")
     return summary
-
-
-def score(weights: Weights, data: Path, tokenizer: Path | None, device: torch.device) -> ValResult:
-    """Plain validation BPB of `weights` at their evaluation depth, on one process."""
-    config = weights.config
-    val = load_validation_set(open_dataset(data), tokenizer, config.vocab_size, config.train_seq_len, device)
-    ctx = DistContext(rank=0, world_size=1, local_rank=0, device=device)
-    return plain_validation(build_model(weights, device), val.tokens, val.tables, config.train_seq_len,
-                            max(1, VAL_BATCH_TOKENS // config.train_seq_len), ctx, config.resolved_eval_loops)
 
 
 def _say(line: str) -> None:

@@ -31,13 +31,12 @@ from golfctl.model import GPT, parameter_groups
 from golfctl.optim import Optimizers, build_optimizers, lr_multiplier
 from golfctl.progress import format_duration
 from golfctl.provenance import provenance
-from golfctl.validation import ValResult, autocast, load_validation_set, plain_validation
+from golfctl.validation import VAL_BATCH_TOKENS, ValResult, autocast, load_validation_set, plain_validation
 
 CHECKPOINT_NAME = "ckpt.safetensors"
 METRICS_NAME = "metrics.jsonl"
 # Keys that may change on --resume: they alter logging and saving, never the weights.
 RUN_CONTROL_KEYS = frozenset({"log_every", "val_every", "val_max_tokens", "checkpoint_every"})
-VAL_BATCH_TOKENS = 131_072
 
 
 @dataclass(frozen=True)

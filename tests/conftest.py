@@ -65,3 +65,19 @@ def small_dataset(tmp_path_factory, small_corpus) -> Path:
     out = tmp_path_factory.mktemp("small") / "data"
     run_tokenize(TokenizeConfig(out=out, corpus=str(small_corpus), vocab_size=512, val_docs=1))
     return out
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, small_dataset) -> Path:
+    """A model really trained by the train stage (120 steps, width 64) on the small dataset; its run folder."""
+    from golfctl.config import TrainConfig, config_from_dict
+    from stages.train import TrainRun, run_train
+
+    cfg = config_from_dict(TrainConfig, {
+        "vocab_size": 512, "model_dim": 64, "num_layers": 2, "num_heads": 2, "num_kv_heads": 1, "mlp_mult": 2.0,
+        "train_seq_len": 64, "train_batch_tokens": 2048, "grad_accum": 1, "iterations": 120, "warmup_steps": 5,
+        "log_every": 40, "ema_decay": 0.95, "seed": 3,
+    })
+    out = tmp_path_factory.mktemp("trained") / "run"
+    run_train(TrainRun(cfg=cfg, data=small_dataset, out=out))
+    return out

@@ -1,0 +1,248 @@
+"""Stage `quantize`: a model (or checkpoint) → `artifact.bin` that fits the byte budget.
+
+1. Calibrate: Hessians of every block matrix's input and of the tied head's input over
+   training tokens, at the model's evaluation depth (collected once).
+2. Quantize every 2-D weight matrix with per-row SDClip scales (block matrices `bits` with
+   `clip_sigmas`, the tied embedding `embed_bits` with `embed_clip_sigmas`), by GPTQ or RTN;
+   control tensors and vectors stay float16.
+3. Entropy-code the integers (`codec`), write the artifact, check artifact + code bytes
+   against the budget. `fit` bisects the matrix clip_sigmas on the real compressed size for
+   the smallest value (finest grid) that fits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from golfctl.artifact import Float16Tensor, QuantizedTensor, decode_artifact, encode_artifact, write_artifact
+from golfctl.budget import DEFAULT_BUDGET, Budget, OverBudget, budget_for, code_files
+from golfctl.calibration import EMBEDDING, calibration_batches, collect_hessians
+from golfctl.codec import CODECS, entropy_bound_bytes
+from golfctl.dataset import open_dataset
+from golfctl.errors import UserError
+from golfctl.gptq import dequantize, output_error, quantize_gptq, quantize_rtn, sdclip_scales, weight_error
+from golfctl.model import parameter_groups
+from golfctl.validation import score_weights
+from golfctl.weights import Weights, build_model, load_weights
+
+METHODS = ("gptq", "rtn")
+FIT_RANGE = (2.0, 64.0)  # matrix clip_sigmas searched by --fit
+FIT_PROBES = 8  # bisection steps: the choice is within (range / 2**8) of the smallest fitting value
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    model: Path
+    data: Path
+    out: Path
+    method: str = "gptq"
+    bits: int = 6
+    embed_bits: int = 8
+    clip_sigmas: float = 12.85
+    embed_clip_sigmas: float = 20.0
+    budget: int = DEFAULT_BUDGET
+    fit: bool = False
+    codec: str = "ans"
+    calib_batches: int = 16
+    calib_batch_seqs: int = 8
+    evaluate: bool = False  # also score dequantized vs unquantized weights (plain BPB)
+    tokenizer: Path | None = None
+
+    def problems(self) -> list[str]:
+        p = []
+        if self.method not in METHODS:
+            p.append(f"--method must be one of {METHODS}, got {self.method!r}")
+        if self.codec not in CODECS:
+            p.append(f"--codec must be one of {tuple(CODECS)}, got {self.codec!r}")
+        p += [f"--{k.replace('_', '-')} must be in 2..8, got {getattr(self, k)}"
+              for k in ("bits", "embed_bits") if not 2 <= getattr(self, k) <= 8]
+        p += [f"--{k.replace('_', '-')} must be positive, got {getattr(self, k)}"
+              for k in ("clip_sigmas", "embed_clip_sigmas", "budget", "calib_batches", "calib_batch_seqs")
+              if getattr(self, k) <= 0]
+        return p
+
+
+@dataclass
+class TensorReport:
+    name: str
+    group: str  # "attn", "mlp", "embed" or "fp16"
+    bits: int
+    count: int
+    entropy_bytes: float
+    weight_error: float = 0.0
+    output_error: float = 0.0
+
+
+@dataclass
+class Quantized:
+    clip_sigmas: float
+    data: bytes
+    reports: list[TensorReport]
+    coded_bytes: dict[str, int]  # group → payload bytes of its coded integers (raw values for fp16)
+    scale_bytes: dict[str, int]  # group → payload bytes of its fp16 row scales
+
+
+def run_quantize(cfg: QuantizeConfig) -> dict:
+    problems = cfg.problems()
+    if problems:
+        raise UserError("; ".join(problems))
+    weights = load_weights(cfg.model)
+    _say(f"quantize: {cfg.model}: {weights.origin}")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = build_model(weights, device)
+    dataset = open_dataset(cfg.data)
+    if dataset.vocab_size is not None and dataset.vocab_size != weights.config.vocab_size:
+        raise UserError(f"{cfg.data} has vocab {dataset.vocab_size} but the model {weights.config.vocab_size}; "
+                        "calibrate on the dataset the model was trained on")
+    start = time.perf_counter()
+    batches = calibration_batches(dataset.splits["train"], cfg.calib_batches, cfg.calib_batch_seqs,
+                                  weights.config.train_seq_len)
+    hessians = collect_hessians(model, batches, loops=weights.config.resolved_eval_loops)
+    _say(f"quantize: calibrated {len(hessians)} Hessians on {sum(b.numel() for b in batches):,} training tokens "
+         f"in {time.perf_counter() - start:.1f}s")
+    groups = _quantized_names(model)
+    make = lambda k: _quantize(weights, hessians, groups, cfg, k)  # noqa: E731
+    result = _fit(make, cfg) if cfg.fit else make(cfg.clip_sigmas)
+    budget = budget_for(len(result.data), cfg.budget)
+    _report(result, budget)
+    if not budget.fits:
+        raise OverBudget(
+            f"the artifact is {-budget.headroom:,} bytes over the {budget.budget:,}-byte budget "
+            f"(model {budget.model_bytes:,} + code {budget.code_bytes:,}); raise --clip-sigmas "
+            f"(now {result.clip_sigmas:g}), lower --bits / --embed-bits, or pass --fit; nothing was written")
+    write_artifact(cfg.out, result.data)
+    _say(f"quantize: wrote {cfg.out} ({len(result.data):,} bytes, clip_sigmas {result.clip_sigmas:g})")
+    summary = {"out": str(cfg.out), "artifact_bytes": len(result.data), "code_bytes": budget.code_bytes,
+               "total_bytes": budget.total, "clip_sigmas": result.clip_sigmas,
+               "tensors": {r.name: {"bits": r.bits, "weight_error": r.weight_error, "output_error": r.output_error}
+                           for r in result.reports if r.group != "fp16"}}
+    if cfg.evaluate:
+        summary.update(_evaluate(weights, cfg))
+    return summary
+
+
+def _quantized_names(model) -> dict[str, str]:
+    """Every 2-D weight matrix → its report group; everything else is passed through as fp16."""
+    groups = parameter_groups(model)
+    names = {name: ("attn" if ".attn." in name else "mlp") for name, _ in groups["matrix"]}
+    names.update({name: "embed" for name, _ in groups["embed"]})
+    return names
+
+
+def _quantize(weights: Weights, hessians: dict[str, torch.Tensor], groups: dict[str, str], cfg: QuantizeConfig,
+              clip_sigmas: float) -> Quantized:
+    tensors, reports = [], []
+    for name, tensor in weights.state.items():
+        W = tensor.detach().float()
+        if name not in groups:
+            values = W.half().numpy()
+            tensors.append(Float16Tensor(name, tuple(W.shape), values))
+            reports.append(TensorReport(name, "fp16", 16, W.numel(), 2.0 * W.numel()))
+            continue
+        embed = groups[name] == "embed"
+        bits = cfg.embed_bits if embed else cfg.bits
+        H = hessians[name].to(W.device)
+        scales = sdclip_scales(W, bits, cfg.embed_clip_sigmas if embed else clip_sigmas)
+        q = quantize_gptq(W, H, scales, bits) if cfg.method == "gptq" else quantize_rtn(W, scales, bits)
+        W_hat = dequantize(q, scales)
+        q_np = q.cpu().numpy()
+        tensors.append(QuantizedTensor(name, tuple(W.shape), bits, q_np, scales.half().cpu().numpy()))
+        reports.append(TensorReport(name, groups[name], bits, W.numel(), entropy_bound_bytes(q_np),
+                                    weight_error(W, W_hat), output_error(W, W_hat, H)))
+    source = {"model_sha256": weights.sha256, "weights": weights.kind}
+    meta = {"method": cfg.method, "bits": cfg.bits, "embed_bits": cfg.embed_bits, "clip_sigmas": clip_sigmas,
+            "embed_clip_sigmas": cfg.embed_clip_sigmas}
+    data = encode_artifact(tensors, cfg.codec, dataclasses.asdict(weights.config), source, meta)
+    coded, scales = _payload_bytes(data, groups)
+    return Quantized(clip_sigmas, data, reports, coded, scales)
+
+
+def _payload_bytes(data: bytes, groups: dict[str, str]) -> tuple[dict[str, int], dict[str, int]]:
+    """Coded and scale bytes per report group, read back from the artifact (proving it decodes)."""
+    artifact = decode_artifact(data, "the new artifact")
+    coded: dict[str, int] = {}
+    scales: dict[str, int] = {}
+    for name, size in artifact.stored_bytes.items():
+        group = groups.get(name, "fp16")
+        tensor = artifact.tensors[name]
+        scale = tensor.scales.nbytes if isinstance(tensor, QuantizedTensor) else 0
+        coded[group] = coded.get(group, 0) + size - scale
+        scales[group] = scales.get(group, 0) + scale
+    return coded, scales
+
+
+def _fit(make, cfg: QuantizeConfig) -> Quantized:
+    """Bisect the matrix clip_sigmas for the smallest value whose artifact fits (bigger k → coarser grid → fewer bytes)."""
+    lo, hi = FIT_RANGE
+    _say(f"quantize --fit: bisecting clip_sigmas in [{lo:g}, {hi:g}] for total ≤ {cfg.budget:,} bytes")
+    best = make(hi)
+    if not _probe(best, cfg):
+        raise OverBudget(f"even clip_sigmas {hi:g} gives {budget_for(len(best.data), cfg.budget).total:,} bytes, over "
+                         f"the {cfg.budget:,}-byte budget; lower --bits or --embed-bits")
+    first = make(lo)
+    if _probe(first, cfg):
+        return first
+    for _ in range(FIT_PROBES):
+        mid = (lo + hi) / 2
+        probe = make(mid)
+        if _probe(probe, cfg):
+            hi, best = mid, probe
+        else:
+            lo = mid
+    _say(f"quantize --fit: chose clip_sigmas {best.clip_sigmas:g} (smallest fitting value is in ({lo:g}, {hi:g}])")
+    return best
+
+
+def _probe(result: Quantized, cfg: QuantizeConfig) -> bool:
+    budget = budget_for(len(result.data), cfg.budget)
+    _say(f"  probe clip_sigmas {result.clip_sigmas:8.4f}: total {budget.total:>12,} bytes "
+         f"{'fits' if budget.fits else 'over'}")
+    return budget.fits
+
+
+def _report(result: Quantized, budget: Budget) -> None:
+    _say("quantize: tensor groups (coded bytes against the order-0 entropy bound Σ n·H(q); scales are fp16)")
+    _say(f"  {'group':<7}{'tensors':>8}{'values':>12}{'bits':>6}{'coded bytes':>14}{'entropy bound':>15}{'ratio':>8}"
+         f"{'scale bytes':>13}")
+    total_coded = total_bound = 0.0
+    for group in ("attn", "mlp", "embed", "fp16"):
+        rows = [r for r in result.reports if r.group == group]
+        if not rows:
+            continue
+        coded = result.coded_bytes.get(group, 0)
+        bound = sum(r.entropy_bytes for r in rows)
+        if group != "fp16":
+            total_coded, total_bound = total_coded + coded, total_bound + bound
+        bits = "/".join(sorted({str(r.bits) for r in rows}))
+        _say(f"  {group:<7}{len(rows):>8}{sum(r.count for r in rows):>12,}{bits:>6}{coded:>14,}{bound:>15,.0f}"
+             f"{coded / bound if bound else 0:>8.4f}{result.scale_bytes.get(group, 0):>13,}")
+    if total_bound:
+        _say(f"  total coded integers / entropy bound: {total_coded:,.0f} / {total_bound:,.0f} = "
+             f"{total_coded / total_bound:.4f}")
+    _say("quantize: per-tensor error (relative weight error, Hessian-weighted output error ‖ΔW·X‖/‖W·X‖)")
+    for r in result.reports:
+        if r.group != "fp16":
+            _say(f"  {r.name:<34} int{r.bits}  weight {r.weight_error:.4f}  output {r.output_error:.4f}")
+    _say("quantize: budget (" + ", ".join(f"{name} {size:,}" for name, size in code_files()) + ")")
+    for line in budget.table():
+        _say(line)
+
+
+def _evaluate(weights: Weights, cfg: QuantizeConfig) -> dict:
+    """Plain validation BPB of the unquantized weights and of the artifact just written."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    before = score_weights(weights, cfg.data, cfg.tokenizer, device)
+    after = score_weights(load_weights(cfg.out), cfg.data, cfg.tokenizer, device)
+    _say(f"quantize --eval: val_bpb unquantized {before.bpb:.4f}, quantized {after.bpb:.4f}, "
+         f"gap {after.bpb - before.bpb:+.4f} ({after.tokens:,} tokens)")
+    return {"val_bpb_unquantized": before.bpb, "val_bpb_quantized": after.bpb}
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)

@@ -1,0 +1,122 @@
+"""ema-finalize and quantize: model files, GPTQ vs RTN on a trained model, artifact golden, budget, --fit."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from golfctl.artifact import QuantizedTensor, read_artifact
+from golfctl.budget import OverBudget
+from golfctl.fileio import sha256_file
+from golfctl.weights import build_model, load_weights, save_model_file
+from stages.ema_finalize import EmaFinalizeConfig, run_ema_finalize
+from stages.quantize import FIT_PROBES, FIT_RANGE, QuantizeConfig, run_quantize
+
+
+def golfctl(*args):
+    return subprocess.run([sys.executable, "-m", "golfctl", *map(str, args)], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def final_model(tmp_path_factory, trained_run):
+    out = tmp_path_factory.mktemp("final") / "final.safetensors"
+    run_ema_finalize(EmaFinalizeConfig(checkpoint=trained_run / "ckpt.safetensors", out=out))
+    return out
+
+
+def test_ema_finalize_writes_the_ema_weights(tmp_path, trained_run, final_model, small_dataset):
+    ckpt = trained_run / "ckpt.safetensors"
+    with safe_open(str(ckpt), framework="pt") as c, safe_open(str(final_model), framework="pt") as m:
+        assert set(m.keys()) == {k.removeprefix("ema.") for k in c.keys() if k.startswith("ema.")}
+        for key in m.keys():
+            assert torch.equal(m.get_tensor(key), c.get_tensor(f"ema.{key}"))
+        meta = m.metadata()
+    assert meta["format"] == "golfctl.model" and meta["weights"] == "ema" and meta["source"] == sha256_file(ckpt)
+    summary = run_ema_finalize(EmaFinalizeConfig(checkpoint=ckpt, out=tmp_path / "raw.safetensors", raw=True,
+                                                 compare=True, data=small_dataset))
+    assert load_weights(tmp_path / "raw.safetensors").kind == "raw"
+    assert 0 < summary["raw"]["val_bpb"] < 8 and 0 < summary["ema"]["val_bpb"] < 8
+    result = golfctl("ema-finalize", final_model, "--out", tmp_path / "x.safetensors")
+    assert result.returncode == 1 and "not a training checkpoint" in result.stderr
+
+
+def test_gptq_beats_rtn_on_every_matrix_of_a_trained_model(tmp_path, final_model, small_dataset):
+    errors = {}
+    for method in ("gptq", "rtn"):
+        summary = run_quantize(QuantizeConfig(model=final_model, data=small_dataset, out=tmp_path / f"{method}.bin",
+                                              method=method, calib_batches=4))
+        errors[method] = {name: t["output_error"] for name, t in summary["tensors"].items()}
+    assert errors["gptq"].keys() == errors["rtn"].keys()
+    for name in errors["gptq"]:
+        assert errors["gptq"][name] < 0.85 * errors["rtn"][name], name
+
+
+def test_golden_artifact_and_exact_round_trip(tmp_path, final_model, small_dataset, golden):
+    # A model file with fixed provenance: the trained weights are deterministic, the run's timing is not.
+    fixed = tmp_path / "fixed.safetensors"
+    save_model_file(fixed, dataclasses.replace(load_weights(final_model), sha256="0" * 64), provenance={})
+    out = tmp_path / "artifact.bin"
+    run_quantize(QuantizeConfig(model=fixed, data=small_dataset, out=out, calib_batches=2))
+    golden("quantize_artifact.sha256", f"{sha256_file(out)}  artifact.bin\n")
+    artifact = read_artifact(out)
+    loaded = load_weights(out)
+    for name, tensor in artifact.tensors.items():
+        if isinstance(tensor, QuantizedTensor):
+            expected = torch.from_numpy(tensor.q).float() * torch.from_numpy(tensor.scales).float()[:, None]
+        else:
+            expected = torch.from_numpy(tensor.values).float()
+        assert torch.equal(loaded.state[name], expected.reshape(tensor.shape)), name
+    # The artifact rebuilds the model: its logits equal those of the dequantized weights.
+    reference = build_model(load_weights(final_model), torch.device("cpu"))
+    reference.load_state_dict(loaded.state)
+    x = torch.randint(0, 512, (2, 64), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(build_model(loaded, torch.device("cpu"))(x), reference(x))
+
+
+def test_over_budget_exits_3_and_writes_nothing(tmp_path, final_model, small_dataset):
+    out = tmp_path / "artifact.bin"
+    result = golfctl("quantize", final_model, "--data", small_dataset, "--out", out, "--budget", 60_000,
+                     "--calib-batches", 2)
+    assert result.returncode == 3, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "over the 60,000-byte budget" in errors[0] and "--fit" in errors[0]
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_fit_lands_within_one_bisection_step(tmp_path, final_model, small_dataset):
+    small = run_quantize(QuantizeConfig(model=final_model, data=small_dataset, out=tmp_path / "a.bin",
+                                        clip_sigmas=FIT_RANGE[0], calib_batches=2))
+    coarse = run_quantize(QuantizeConfig(model=final_model, data=small_dataset, out=tmp_path / "b.bin",
+                                         clip_sigmas=FIT_RANGE[1], calib_batches=2))
+    budget = (small["total_bytes"] + coarse["total_bytes"]) // 2  # forces a real search
+    fit = run_quantize(QuantizeConfig(model=final_model, data=small_dataset, out=tmp_path / "fit.bin", budget=budget,
+                                      fit=True, calib_batches=2))
+    assert fit["total_bytes"] <= budget and (tmp_path / "fit.bin").stat().st_size == fit["artifact_bytes"]
+    step = (FIT_RANGE[1] - FIT_RANGE[0]) / 2 ** FIT_PROBES
+    with pytest.raises(OverBudget):
+        run_quantize(QuantizeConfig(model=final_model, data=small_dataset, out=tmp_path / "c.bin", budget=budget,
+                                    clip_sigmas=fit["clip_sigmas"] - step, calib_batches=2))
+
+
+def test_inspect_artifact_and_hostile_files(tmp_path, final_model, small_dataset):
+    out = tmp_path / "artifact.bin"
+    run_quantize(QuantizeConfig(model=final_model, data=small_dataset, out=out, calib_batches=2))
+    result = golfctl("inspect", out)
+    assert result.returncode == 0, result.stderr
+    for fragment in ("golfctl.quantized v1", "codec ans", "tok_emb.weight", "int8", "int6", "headroom"):
+        assert fragment in result.stdout
+    raw = bytearray(out.read_bytes())
+    raw[len(raw) // 2] ^= 0x10
+    (tmp_path / "flipped.bin").write_bytes(bytes(raw))
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "pickle.bin")
+    for bad in ("flipped.bin", "pickle.bin"):
+        result = golfctl("inspect", tmp_path / bad)
+        assert result.returncode == 1 and result.stderr.startswith("Error:") and "Traceback" not in result.stderr
+    result = golfctl("quantize", tmp_path / "pickle.bin", "--data", small_dataset, "--out", tmp_path / "x.bin")
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
