@@ -15,6 +15,7 @@ PRESET ?= tiny
 NPROC ?= 1
 TRAIN_ARGS ?=
 RESUME ?=
+QUANT_ARGS ?=
 RUN := $(OUT)/run
 
 GOLFCTL := $(BIN)/golfctl
@@ -25,10 +26,10 @@ else
 GOLFCTL_RANKS := $(BIN)/torchrun --standalone --nproc_per_node=$(NPROC) -m golfctl
 endif
 
-.PHONY: all install test bench data train clean
+.PHONY: all install test bench data train final artifact clean
 .DELETE_ON_ERROR:
 
-all: train
+all: artifact
 
 # The venv sees the system's packages, so a torch the user already has (say a CUDA build)
 # is used as it is. Only when none imports do we install torch==$(TORCH_VERSION) first:
@@ -69,6 +70,17 @@ $(RUN)/ckpt.safetensors: $(OUT)/data/manifest.json $(OUT)/.train.args | $(INSTAL
 	$(if $(RESUME),,rm -rf $(RUN).partial)
 	$(GOLFCTL_RANKS) train --data $(OUT)/data --preset $(PRESET) --out $(RUN).partial $(if $(RESUME),--resume) $(TRAIN_ARGS)
 	rm -rf $(RUN) && mv $(RUN).partial $(RUN)
+
+final: $(OUT)/final.safetensors
+$(OUT)/final.safetensors: $(RUN)/ckpt.safetensors | $(INSTALLED)
+	$(GOLFCTL) ema-finalize $(RUN)/ckpt.safetensors --out $@
+
+$(OUT)/.quantize.args: FORCE | $(OUT)
+	@echo '$(QUANT_ARGS)' | cmp -s - $@ || echo '$(QUANT_ARGS)' > $@
+
+artifact: $(OUT)/artifact.bin
+$(OUT)/artifact.bin: $(OUT)/final.safetensors $(OUT)/.quantize.args | $(INSTALLED)
+	$(GOLFCTL) quantize $(OUT)/final.safetensors --data $(OUT)/data --out $@ $(QUANT_ARGS)
 
 $(OUT):
 	mkdir -p $@
