@@ -114,6 +114,41 @@ def quantize_command(model, data, out, method, bits, embed_bits, clip_sigmas, em
                                 evaluate=evaluate, tokenizer=tokenizer))
 
 
+@cli.command("eval")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--data", type=click.Path(path_type=Path), required=True, help="Dataset folder (its validation split).")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Where to write eval.json.")
+@click.option("--seq-len", type=click.IntRange(min=0), default=0, help="Window length [default: the model's train_seq_len].")
+@click.option("--stride", type=click.IntRange(min=1), default=64, show_default=True, help="Sliding-window step.")
+@click.option("--batch-seqs", type=click.IntRange(min=1), default=32, show_default=True, help="Windows per forward.")
+@click.option("--no-plain", is_flag=True, help="Skip plain non-overlapping scoring.")
+@click.option("--no-sliding", is_flag=True, help="Skip sliding-window scoring.")
+@click.option("--ttt", is_flag=True, help="Also score with score-first test-time training.")
+@click.option("--ttt-chunk-tokens", type=click.IntRange(min=1), default=32_768, show_default=True)
+@click.option("--ttt-lr", type=float, default=0.005, show_default=True)
+@click.option("--ttt-momentum", type=float, default=0.9, show_default=True)
+@click.option("--ttt-epochs", type=click.IntRange(min=0), default=3, show_default=True)
+@click.option("--ttt-grad-clip", type=float, default=1.0, show_default=True)
+@click.option("--ttt-params", default="all", show_default=True, help="all, or a comma list of mlp, attn, scalar, embed.")
+@click.option("--ttt-batch-seqs", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Training sequences per TTT step, over all ranks.")
+@click.option("--eval-loops", type=click.IntRange(min=0), default=0, help="Loop count [default: the model's eval_loops].")
+@click.option("--max-val-tokens", type=click.IntRange(min=0), default=0, help="Score only the first N tokens (quick runs).")
+@click.option("--tokenizer", type=click.Path(path_type=Path), default=None,
+              help="Tokenizer .model for datasets that carry none (official folders).")
+def eval_command(model, data, out, seq_len, stride, batch_seqs, no_plain, no_sliding, ttt, ttt_chunk_tokens, ttt_lr,
+                 ttt_momentum, ttt_epochs, ttt_grad_clip, ttt_params, ttt_batch_seqs, eval_loops, max_val_tokens,
+                 tokenizer) -> None:
+    """Score a model or artifact on the validation split (plain, sliding, --ttt) into eval.json."""
+    from stages.evaluate import EvalConfig, run_eval
+
+    run_eval(EvalConfig(model=model, data=data, out=out, seq_len=seq_len, stride=stride, batch_seqs=batch_seqs,
+                        plain=not no_plain, sliding=not no_sliding, ttt=ttt, ttt_chunk_tokens=ttt_chunk_tokens,
+                        ttt_lr=ttt_lr, ttt_momentum=ttt_momentum, ttt_epochs=ttt_epochs, ttt_grad_clip=ttt_grad_clip,
+                        ttt_params=ttt_params, ttt_batch_seqs=ttt_batch_seqs, eval_loops=eval_loops,
+                        max_val_tokens=max_val_tokens, tokenizer=tokenizer))
+
+
 @cli.command("inspect")
 @click.argument("path", type=click.Path(path_type=Path))
 def inspect_command(path: Path) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from golfctl.errors import UserError
-from golfctl.fileio import sha256_file
+from golfctl.fileio import sha256_bytes, sha256_file
 from golfctl.shards import SPLITS, load_shard, read_shard_header
 
 MANIFEST_NAME = "manifest.json"
@@ -153,3 +153,11 @@ def checksum_mismatches(dataset: Dataset) -> list[str]:
         elif sha256_file(tok) != dataset.tokenizer_sha256:
             problems.append(f"{TOKENIZER_NAME}: sha256 differs from the manifest")
     return problems
+
+
+def dataset_identity(dataset: Dataset) -> str:
+    """sha256 of the manifest, or of the shard list for official folders without one."""
+    if dataset.manifest is not None:
+        return sha256_file(dataset.root / MANIFEST_NAME)
+    listing = [(s.path.name, s.tokens) for split in dataset.splits.values() for s in split.shards]
+    return "shards:" + sha256_bytes(json.dumps(listing).encode())

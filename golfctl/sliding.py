@@ -101,16 +101,13 @@ def score_windows(model: nn.Module, tokens: Tokens, windows: Sequence[Window], t
     _check_positive(batch_seqs=batch_seqs)
     target_nll = _per_target_buffer(windows, ctx) if per_target else None
     was_training = model.training
-    model.eval()
     try:
-        local = _score_local(model, tokens, _share(windows, ctx), tables, ctx.device, loops, batch_seqs,
-                             target_nll)
+        nll, n_tokens, n_bytes = _score_all_ranks(model, tokens, windows, tables, ctx, loops, batch_seqs, target_nll)
     finally:
         model.train(was_training)
-    nll, n_tokens, n_bytes = all_reduce_float64(local.tolist(), ctx)
     if target_nll is not None:
         all_reduce_sum_(target_nll)  # each position was written by exactly one rank, zeros elsewhere
-    return Sums(nll, int(n_tokens), int(n_bytes), target_nll)
+    return Sums(nll, n_tokens, n_bytes, target_nll)
 
 
 def score_first_ttt(model: nn.Module, tokens: Tokens, windows: Sequence[Window], tables: TorchByteTables,
@@ -133,22 +130,21 @@ def score_first_ttt(model: nn.Module, tokens: Tokens, windows: Sequence[Window],
                     seq_len=seq_len)
     if chunk_tokens < seq_len:
         raise ValueError(f"chunk_tokens {chunk_tokens} < seq_len {seq_len}: no chunk would hold a training sequence")
-    if epochs < 0 or lr < 0 or not 0 <= momentum < 1 or grad_clip < 0:
-        raise ValueError(f"bad TTT settings: epochs={epochs}, lr={lr}, momentum={momentum}, grad_clip={grad_clip}")
+    if epochs < 0 or lr < 0 or not 0 <= momentum < 1 or grad_clip < 0 or (epochs > 0 and not params):
+        raise ValueError(f"bad TTT settings: epochs={epochs}, lr={lr}, momentum={momentum}, grad_clip={grad_clip}, "
+                         f"{len(params)} params")
     last_target = windows[-1].end
     by_chunk = _windows_by_chunk(windows, chunk_tokens)
     n_chunks = len(by_chunk)
     target_nll = _per_target_buffer(windows, ctx) if per_target else None
-    opt = torch.optim.SGD(params, lr=lr, momentum=momentum) if epochs > 0 and params else None
+    opt = torch.optim.SGD(params, lr=lr, momentum=momentum) if epochs > 0 else None
     chunks: list[dict] = []
     scored_upto = 0  # highest target position scored so far; the plan is contiguous, so all below are too
     with _training_only(model, params):
         for i, chunk_windows in enumerate(by_chunk):
-            model.eval()
-            local = _score_local(model, tokens, _share(chunk_windows, ctx), tables, ctx.device, loops, batch_seqs,
-                                 target_nll)
-            nll, n_tokens, n_bytes = all_reduce_float64(local.tolist(), ctx)
-            chunks.append({"nll_sum": nll, "tokens": int(n_tokens), "bytes": int(n_bytes)})
+            nll, n_tokens, n_bytes = _score_all_ranks(model, tokens, chunk_windows, tables, ctx, loops, batch_seqs,
+                                                      target_nll)
+            chunks.append({"nll_sum": nll, "tokens": n_tokens, "bytes": n_bytes})
             scored_upto = max([scored_upto] + [w.end for w in chunk_windows])
             if opt is None or i == n_chunks - 1:
                 continue
@@ -245,11 +241,24 @@ def _training_only(model: nn.Module, params: Sequence[nn.Parameter]) -> Iterator
         model.train(was_training)
 
 
+def _score_all_ranks(model: nn.Module, tokens: Tokens, windows: Sequence[Window], tables: TorchByteTables,
+                     ctx: DistContext, loops: int, batch_seqs: int,
+                     target_nll: Tensor | None) -> tuple[float, int, int]:
+    """(Σ nll, targets, bytes) of `windows`, each rank scoring its share; leaves the model in eval mode.
+    Fills this rank's positions of `target_nll` when given (the caller reduces it)."""
+    model.eval()
+    mine = _share(windows, ctx)
+    local = _score_local(model, tokens, mine, tables, ctx.device, loops, batch_seqs, target_nll)  # (2,)
+    nll, n_tokens, n_bytes = all_reduce_float64([local[0].item(), sum(w.n_scored for w in mine), local[1].item()],
+                                                ctx)
+    return nll, int(n_tokens), int(n_bytes)
+
+
 @torch.no_grad()  # not inference_mode: TTT trains the same model afterwards
 def _score_local(model: nn.Module, tokens: Tokens, windows: Sequence[Window], tables: TorchByteTables,
                  device: torch.device, loops: int, batch_seqs: int, target_nll: Tensor | None) -> Tensor:
-    """(3,) float64 [Σ nll, targets, bytes] of this rank's windows; fills `target_nll` when given."""
-    total = torch.zeros(3, dtype=torch.float64, device=device)
+    """(2,) float64 [Σ nll, bytes] of these windows' scored targets."""
+    total = torch.zeros(2, dtype=torch.float64, device=device)
     for batch in _batches(windows, batch_seqs):
         total += _score_batch(model, tokens, batch, tables, device, loops, target_nll)
     return total
@@ -269,9 +278,7 @@ def _score_batch(model: nn.Module, tokens: Tokens, batch: list[Window], tables: 
     if target_nll is not None:
         positions = torch.tensor([w.start + 1 for w in batch], device=device)[:, None] + columns  # (B, T)
         target_nll[positions[scored]] = nll[scored]
-    n_scored = float(sum(w.n_scored for w in batch))
-    return torch.stack((torch.where(scored, nll, 0.0).sum(), torch.tensor(n_scored, dtype=torch.float64,
-                                                                          device=device), n_bytes.double()))
+    return torch.stack((torch.where(scored, nll, 0.0).sum(), n_bytes.double()))  # (2,)
 
 
 def _rows(tokens: Tokens, starts: Sequence[int], length: int, device: torch.device) -> Tensor:

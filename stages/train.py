@@ -21,11 +21,10 @@ import torch
 
 from golfctl.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from golfctl.config import TrainConfig, config_lines
-from golfctl.dataset import Dataset, open_dataset
+from golfctl.dataset import dataset_identity, open_dataset
 from golfctl.distributed import DistContext, all_reduce_float64, all_reduce_sum_, barrier, init_distributed, shutdown
 from golfctl.ema import EMA
 from golfctl.errors import UserError
-from golfctl.fileio import sha256_bytes, sha256_file
 from golfctl.loader import TrainBatches
 from golfctl.model import GPT, parameter_groups
 from golfctl.optim import Optimizers, build_optimizers, lr_multiplier
@@ -59,14 +58,6 @@ def run_train(run: TrainRun) -> dict:
         raise
     shutdown(ctx)
     return summary
-
-
-def dataset_identity(dataset: Dataset) -> str:
-    """sha256 of the manifest, or of the shard list for folders without one."""
-    if dataset.manifest is not None:
-        return sha256_file(dataset.root / "manifest.json")
-    listing = [(s.path.name, s.tokens) for split in dataset.splits.values() for s in split.shards]
-    return "shards:" + sha256_bytes(json.dumps(listing).encode())
 
 
 class _Trainer:

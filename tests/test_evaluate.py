@@ -1,0 +1,108 @@
+"""The eval stage: golden scores, exact bytes, artifact = model file, torchrun parity, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from golfctl.dataset import open_dataset
+from golfctl.weights import load_weights, save_model_file
+from stages.ema_finalize import EmaFinalizeConfig, run_ema_finalize
+from stages.evaluate import EvalConfig, run_eval
+from stages.quantize import QuantizeConfig, run_quantize
+
+FAST = dict(stride=16, batch_seqs=16, ttt=True, ttt_chunk_tokens=2048, ttt_epochs=1, ttt_batch_seqs=8)
+
+
+def golfctl(*args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "golfctl", *map(str, args)], capture_output=True, text=True, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def model_and_artifact(tmp_path_factory, trained_run, small_dataset):
+    folder = tmp_path_factory.mktemp("eval_inputs")
+    run_ema_finalize(EmaFinalizeConfig(checkpoint=trained_run / "ckpt.safetensors", out=folder / "final.safetensors"))
+    run_quantize(QuantizeConfig(model=folder / "final.safetensors", data=small_dataset, out=folder / "artifact.bin",
+                                calib_batches=2))
+    # The artifact's weights as a plain model file, for the artifact-vs-model comparison.
+    dequantized = load_weights(folder / "artifact.bin")
+    save_model_file(folder / "dequantized.safetensors", dequantized, provenance={})
+    return folder
+
+
+def test_golden_scores_and_exact_bytes(tmp_path, model_and_artifact, small_dataset, golden):
+    report = run_eval(EvalConfig(model=model_and_artifact / "artifact.bin", data=small_dataset,
+                                 out=tmp_path / "eval.json", **FAST))
+    assert json.loads((tmp_path / "eval.json").read_text()) == json.loads(json.dumps(report))
+    results = report["results"]
+    val = open_dataset(small_dataset).splits["val"]
+    for name in ("plain", "sliding", "ttt"):
+        assert results[name]["bytes"] == val.bytes, name
+        assert results[name]["tokens"] == val.tokens - 1, name
+    chunks = results["ttt"]["chunks"]
+    assert sum(c["tokens"] for c in chunks) == val.tokens - 1 and len(chunks) == 4
+    assert chunks[0]["nll_sum"] > 0
+    golden("eval_scores.txt", "".join(f"{name} val_loss {results[name]['val_loss']:.6f} "
+                                      f"val_bpb {results[name]['val_bpb']:.6f}\n" for name in ("plain", "sliding", "ttt")))
+    assert report["format"] == "golfctl.eval" and report["version"] == 1
+    assert set(report["inputs"]) >= {"model_sha256", "dataset", "tokenizer_sha256"}
+
+
+def test_ttt_with_zero_epochs_equals_sliding(tmp_path, model_and_artifact, small_dataset):
+    report = run_eval(EvalConfig(model=model_and_artifact / "final.safetensors", data=small_dataset,
+                                 out=tmp_path / "eval.json", plain=False, **{**FAST, "ttt_epochs": 0}))
+    assert report["results"]["ttt"]["val_loss"] == pytest.approx(report["results"]["sliding"]["val_loss"], abs=1e-12)
+
+
+def test_artifact_equals_its_dequantized_model_file(tmp_path, model_and_artifact, small_dataset):
+    scores = {}
+    for name in ("artifact.bin", "dequantized.safetensors"):
+        report = run_eval(EvalConfig(model=model_and_artifact / name, data=small_dataset,
+                                     out=tmp_path / f"{name}.json", **FAST))
+        scores[name] = {m: r["val_loss"] for m, r in report["results"].items()}
+    assert scores["artifact.bin"] == scores["dequantized.safetensors"]
+
+
+def test_two_ranks_match_one(tmp_path, model_and_artifact, small_dataset):
+    one = run_eval(EvalConfig(model=model_and_artifact / "final.safetensors", data=small_dataset,
+                              out=tmp_path / "one.json", **FAST))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "golfctl",
+            "eval", model_and_artifact / "final.safetensors", "--data", small_dataset, "--out", tmp_path / "two.json",
+            "--stride", 16, "--batch-seqs", 16, "--ttt", "--ttt-chunk-tokens", 2048, "--ttt-epochs", 1,
+            "--ttt-batch-seqs", 8]
+    result = subprocess.run(list(map(str, args)), capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    two = json.loads((tmp_path / "two.json").read_text())
+    assert two["settings"]["world_size"] == 2
+    for name in ("plain", "sliding", "ttt"):
+        assert two["results"][name]["bytes"] == one["results"][name]["bytes"]
+        assert two["results"][name]["val_loss"] == pytest.approx(one["results"][name]["val_loss"], rel=1e-5), name
+
+
+def test_bad_input(tmp_path, model_and_artifact, small_dataset, shakespeare_dataset):
+    model = model_and_artifact / "final.safetensors"
+
+    def error(*args):
+        result = golfctl("eval", *args, "--out", tmp_path / "eval.json")
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        lines = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+        assert len(lines) == 1, result.stderr
+        return lines[0]
+
+    assert "vocab" in error(model, "--data", shakespeare_dataset)
+    assert "--stride" in error(model, "--data", small_dataset, "--stride", 100, "--seq-len", 64)
+    no_val = tmp_path / "no_val"
+    no_val.mkdir()
+    for shard in small_dataset.glob("fineweb_train_*.bin"):
+        (no_val / shard.name).write_bytes(shard.read_bytes())
+    assert "validation" in error(model, "--data", no_val, "--tokenizer", small_dataset / "tokenizer.model")
+    raw = bytearray((model_and_artifact / "artifact.bin").read_bytes())
+    raw[-10] ^= 0xFF
+    (tmp_path / "bad.bin").write_bytes(bytes(raw))
+    assert "corrupt" in error(tmp_path / "bad.bin", "--data", small_dataset)
+    assert not (tmp_path / "eval.json").exists()
