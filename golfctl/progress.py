@@ -16,10 +16,14 @@ def format_duration(seconds: float) -> str:
 
 
 class Progress:
-    def __init__(self, label: str, unit: str, total_bytes: int | None = None, interval: float | None = None, stream=None):
+    """Counts items (docs, tokens) and optionally bytes; the ETA follows whichever total is known."""
+
+    def __init__(self, label: str, unit: str, total_bytes: int | None = None, total_items: int | None = None,
+                 interval: float | None = None, stream=None):
         self.label = label
         self.unit = unit
         self.total_bytes = total_bytes
+        self.total_items = total_items
         self.stream = stream or sys.stderr
         self.is_tty = self.stream.isatty()
         self.interval = interval if interval is not None else (0.5 if self.is_tty else 10.0)
@@ -28,7 +32,7 @@ class Progress:
         self.items = 0
         self.bytes = 0
 
-    def update(self, items: int, n_bytes: int) -> None:
+    def update(self, items: int, n_bytes: int = 0) -> None:
         self.items += items
         self.bytes += n_bytes
         now = time.perf_counter()
@@ -42,14 +46,14 @@ class Progress:
 
     def line(self) -> str:
         elapsed = max(time.perf_counter() - self.start, 1e-9)
-        text = (
-            f"{self.label}: {self.items:,} {self.unit}  {self.bytes / 1e6:,.1f} MB  "
-            f"{self.items / elapsed:,.1f} {self.unit}/s  {self.bytes / 1e6 / elapsed:,.2f} MB/s  "
-            f"elapsed {format_duration(elapsed)}"
-        )
-        if self.total_bytes and 0 < self.bytes < self.total_bytes:
-            eta = elapsed * (self.total_bytes - self.bytes) / self.bytes
-            text += f"  ETA {format_duration(eta)}"
+        of = f"/{self.total_items:,}" if self.total_items else ""
+        text = f"{self.label}: {self.items:,}{of} {self.unit}  {self.items / elapsed:,.1f} {self.unit}/s  "
+        if self.total_bytes is not None:
+            text += f"{self.bytes / 1e6:,.1f} MB  {self.bytes / 1e6 / elapsed:,.2f} MB/s  "
+        text += f"elapsed {format_duration(elapsed)}"
+        done, total = (self.bytes, self.total_bytes) if self.total_bytes else (self.items, self.total_items)
+        if total and 0 < done < total:
+            text += f"  ETA {format_duration(elapsed * (total - done) / done)}"
         return text
 
     def _draw(self, final: bool) -> None:

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from golfctl.bpb import TorchByteTables, bits_per_byte
 from golfctl.distributed import DistContext, all_reduce_float64, all_reduce_sum_
+from golfctl.progress import Progress
 from golfctl.validation import ValResult, autocast
 
 Tokens = np.ndarray | Tensor  # the whole stream: uint16 numpy array or integer torch tensor, shape (n,)
@@ -95,14 +96,17 @@ def plan_windows(n_tokens: int, seq_len: int, stride: int) -> list[Window]:
 
 
 def score_windows(model: nn.Module, tokens: Tokens, windows: Sequence[Window], tables: TorchByteTables,
-                  ctx: DistContext, loops: int, batch_seqs: int, per_target: bool = False) -> Sums:
-    """Σ nll, targets and bytes of the scored targets of `windows`, `batch_seqs` windows per forward."""
+                  ctx: DistContext, loops: int, batch_seqs: int, per_target: bool = False,
+                  progress: Progress | None = None) -> Sums:
+    """Σ nll, targets and bytes of the scored targets of `windows`, `batch_seqs` windows per forward.
+    `progress` (rank 0's) counts this rank's scored targets times the number of ranks."""
     _check_plan(tokens, windows)
     _check_positive(batch_seqs=batch_seqs)
     target_nll = _per_target_buffer(windows, ctx) if per_target else None
     was_training = model.training
     try:
-        nll, n_tokens, n_bytes = _score_all_ranks(model, tokens, windows, tables, ctx, loops, batch_seqs, target_nll)
+        nll, n_tokens, n_bytes = _score_all_ranks(model, tokens, windows, tables, ctx, loops, batch_seqs, target_nll,
+                                                  progress)
     finally:
         model.train(was_training)
     if target_nll is not None:
@@ -113,7 +117,7 @@ def score_windows(model: nn.Module, tokens: Tokens, windows: Sequence[Window], t
 def score_first_ttt(model: nn.Module, tokens: Tokens, windows: Sequence[Window], tables: TorchByteTables,
                     ctx: DistContext, loops: int, batch_seqs: int, *, chunk_tokens: int, epochs: int, lr: float,
                     momentum: float, grad_clip: float, params: Sequence[nn.Parameter], train_seqs_per_step: int,
-                    seq_len: int, per_target: bool = False) -> TTTResult:
+                    seq_len: int, per_target: bool = False, progress: Progress | None = None) -> TTTResult:
     """Score each chunk's windows with the current weights, then train on that chunk (not the last).
 
     Chunk i holds target positions i·C+1 .. (i+1)·C (C = chunk_tokens); a window belongs to the
@@ -143,7 +147,7 @@ def score_first_ttt(model: nn.Module, tokens: Tokens, windows: Sequence[Window],
     with _training_only(model, params):
         for i, chunk_windows in enumerate(by_chunk):
             nll, n_tokens, n_bytes = _score_all_ranks(model, tokens, chunk_windows, tables, ctx, loops, batch_seqs,
-                                                      target_nll)
+                                                      target_nll, progress)
             chunks.append({"nll_sum": nll, "tokens": n_tokens, "bytes": n_bytes})
             scored_upto = max([scored_upto] + [w.end for w in chunk_windows])
             if opt is None or i == n_chunks - 1:
@@ -242,13 +246,13 @@ def _training_only(model: nn.Module, params: Sequence[nn.Parameter]) -> Iterator
 
 
 def _score_all_ranks(model: nn.Module, tokens: Tokens, windows: Sequence[Window], tables: TorchByteTables,
-                     ctx: DistContext, loops: int, batch_seqs: int,
-                     target_nll: Tensor | None) -> tuple[float, int, int]:
+                     ctx: DistContext, loops: int, batch_seqs: int, target_nll: Tensor | None,
+                     progress: Progress | None = None) -> tuple[float, int, int]:
     """(Σ nll, targets, bytes) of `windows`, each rank scoring its share; leaves the model in eval mode.
     Fills this rank's positions of `target_nll` when given (the caller reduces it)."""
     model.eval()
     mine = _share(windows, ctx)
-    local = _score_local(model, tokens, mine, tables, ctx.device, loops, batch_seqs, target_nll)  # (2,)
+    local = _score_local(model, tokens, mine, tables, ctx, loops, batch_seqs, target_nll, progress)  # (2,)
     nll, n_tokens, n_bytes = all_reduce_float64([local[0].item(), sum(w.n_scored for w in mine), local[1].item()],
                                                 ctx)
     return nll, int(n_tokens), int(n_bytes)
@@ -256,11 +260,14 @@ def _score_all_ranks(model: nn.Module, tokens: Tokens, windows: Sequence[Window]
 
 @torch.no_grad()  # not inference_mode: TTT trains the same model afterwards
 def _score_local(model: nn.Module, tokens: Tokens, windows: Sequence[Window], tables: TorchByteTables,
-                 device: torch.device, loops: int, batch_seqs: int, target_nll: Tensor | None) -> Tensor:
+                 ctx: DistContext, loops: int, batch_seqs: int, target_nll: Tensor | None,
+                 progress: Progress | None) -> Tensor:
     """(2,) float64 [Σ nll, bytes] of these windows' scored targets."""
-    total = torch.zeros(2, dtype=torch.float64, device=device)
+    total = torch.zeros(2, dtype=torch.float64, device=ctx.device)
     for batch in _batches(windows, batch_seqs):
-        total += _score_batch(model, tokens, batch, tables, device, loops, target_nll)
+        total += _score_batch(model, tokens, batch, tables, ctx.device, loops, target_nll)
+        if progress is not None:
+            progress.update(sum(w.n_scored for w in batch) * ctx.world_size)
     return total
 
 

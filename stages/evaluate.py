@@ -22,6 +22,7 @@ from golfctl.distributed import DistContext, init_distributed, shutdown
 from golfctl.errors import UserError
 from golfctl.fileio import atomic_write_bytes, sha256_file
 from golfctl.model import parameter_groups
+from golfctl.progress import Progress
 from golfctl.sliding import Sums, plan_windows, score_first_ttt, score_windows
 from golfctl.validation import autocast, load_validation_set
 from golfctl.weights import build_model, load_weights
@@ -84,8 +85,9 @@ def _evaluate(cfg: EvalConfig, ctx: DistContext) -> dict:
     methods = [("plain", seq_len), ("sliding", cfg.stride)]
     for name, stride in methods:
         if getattr(cfg, name):
-            results[name] = _timed(ctx, name, lambda s=stride: score_windows(
-                scorer, tokens, plan_windows(tokens.size, seq_len, s), val.tables, ctx, loops, cfg.batch_seqs))
+            results[name] = _timed(ctx, name, tokens, lambda progress, s=stride: score_windows(
+                scorer, tokens, plan_windows(tokens.size, seq_len, s), val.tables, ctx, loops, cfg.batch_seqs,
+                progress=progress))
     if cfg.ttt:
         results["ttt"] = _ttt(cfg, model, scorer, tokens, val, ctx, seq_len, loops)
     if not cfg.max_val_tokens:
@@ -130,11 +132,11 @@ def _ttt(cfg: EvalConfig, model, scorer, tokens, val, ctx: DistContext, seq_len:
     params = _ttt_parameters(model, cfg.ttt_params)
     original = {k: v.detach().clone() for k, v in model.state_dict().items()}
     try:
-        result = _timed(ctx, "ttt", lambda: score_first_ttt(
+        result = _timed(ctx, "ttt", tokens, lambda progress: score_first_ttt(
             scorer, tokens, plan_windows(tokens.size, seq_len, cfg.stride), val.tables, ctx, loops, cfg.batch_seqs,
             chunk_tokens=cfg.ttt_chunk_tokens, epochs=cfg.ttt_epochs, lr=cfg.ttt_lr, momentum=cfg.ttt_momentum,
-            grad_clip=cfg.ttt_grad_clip, params=params, train_seqs_per_step=cfg.ttt_batch_seqs, seq_len=seq_len),
-            chunks=True)
+            grad_clip=cfg.ttt_grad_clip, params=params, train_seqs_per_step=cfg.ttt_batch_seqs, seq_len=seq_len,
+            progress=progress), chunks=True)
     finally:
         model.load_state_dict(original)  # nothing learned at test time persists
     return result
@@ -155,10 +157,14 @@ def _ttt_parameters(model, selection: str) -> list:
     return chosen
 
 
-def _timed(ctx: DistContext, name: str, run, chunks: bool = False) -> dict:
+def _timed(ctx: DistContext, name: str, tokens, run, chunks: bool = False) -> dict:
+    """Run one scoring method with a progress line on rank 0 (tokens scored, tokens/s, ETA)."""
+    progress = Progress(f"eval {name}", "tokens", total_items=int(tokens.size - 1)) if ctx.is_main else None
     start = time.perf_counter()
-    sums: Sums = run()
+    sums: Sums = run(progress)
     seconds = time.perf_counter() - start
+    if progress is not None:
+        progress.close()
     result = sums.result()
     entry = {"val_loss": result.loss, "val_bpb": result.bpb, "tokens": result.tokens, "bytes": result.bytes,
              "seconds": seconds}
