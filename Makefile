@@ -16,6 +16,7 @@ NPROC ?= 1
 TRAIN_ARGS ?=
 RESUME ?=
 QUANT_ARGS ?=
+EVAL_ARGS ?= --ttt
 RUN := $(OUT)/run
 
 GOLFCTL := $(BIN)/golfctl
@@ -26,10 +27,10 @@ else
 GOLFCTL_RANKS := $(BIN)/torchrun --standalone --nproc_per_node=$(NPROC) -m golfctl
 endif
 
-.PHONY: all install test bench data train final artifact clean
+.PHONY: all install test bench data train final artifact eval clean
 .DELETE_ON_ERROR:
 
-all: artifact
+all: eval
 
 # The venv sees the system's packages, so a torch the user already has (say a CUDA build)
 # is used as it is. Only when none imports do we install torch==$(TORCH_VERSION) first:
@@ -82,6 +83,13 @@ $(OUT)/.quantize.args: FORCE | $(OUT)
 artifact: $(OUT)/artifact.bin
 $(OUT)/artifact.bin: $(OUT)/final.safetensors $(OUT)/.quantize.args | $(INSTALLED)
 	$(GOLFCTL) quantize $(OUT)/final.safetensors --data $(OUT)/data --out $@ $(QUANT_ARGS)
+
+$(OUT)/.eval.args: FORCE | $(OUT)
+	@echo '$(NPROC) $(EVAL_ARGS)' | cmp -s - $@ || echo '$(NPROC) $(EVAL_ARGS)' > $@
+
+eval: $(OUT)/eval.json
+$(OUT)/eval.json: $(OUT)/artifact.bin $(OUT)/.eval.args | $(INSTALLED)
+	$(GOLFCTL_RANKS) eval $(OUT)/artifact.bin --data $(OUT)/data --out $@ $(EVAL_ARGS)
 
 $(OUT):
 	mkdir -p $@
