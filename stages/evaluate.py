@@ -117,7 +117,10 @@ def _check_loops(model, loops: int) -> None:
 
 
 def _compiled(model, ctx: DistContext, seq_len: int, loops: int, vocab: int, cfg: EvalConfig):
-    """torch.compile on CUDA, warmed up on random tokens: validation tokens never touch warm-up."""
+    """torch.compile on CUDA, warmed up on random tokens: validation tokens never touch warm-up.
+
+    With TTT the training graph is compiled too, by a backward on random tokens; no optimizer
+    step is taken and the gradients are dropped, so the weights stay as loaded."""
     if ctx.device.type != "cuda":
         return model
     compiled = torch.compile(model, dynamic=False)
@@ -125,6 +128,12 @@ def _compiled(model, ctx: DistContext, seq_len: int, loops: int, vocab: int, cfg
     x = torch.randint(0, vocab, (cfg.batch_seqs, seq_len + 1), device=ctx.device, generator=generator)
     with torch.no_grad(), autocast(ctx.device):
         compiled(x[:, :-1], x[:, 1:], loops=loops, reduction="none")
+    if cfg.ttt:
+        model.train()
+        with autocast(ctx.device):
+            compiled(x[:, :-1], x[:, 1:], loops=loops).backward()
+        model.zero_grad(set_to_none=True)
+        model.eval()
     return compiled
 
 
