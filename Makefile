@@ -27,10 +27,13 @@ else
 GOLFCTL_RANKS := $(BIN)/torchrun --standalone --nproc_per_node=$(NPROC) -m golfctl
 endif
 
-.PHONY: all install test bench data train final artifact eval clean
+.PHONY: all install test bench data train final artifact eval report clean
 .DELETE_ON_ERROR:
 
-all: eval
+# The chain ends with the result table; every step before it reruns only when its inputs changed.
+all: report
+report: $(OUT)/eval.json $(OUT)/eval_fp.json
+	@$(GOLFCTL) report $(OUT)
 
 # The venv sees the system's packages, so a torch the user already has (say a CUDA build)
 # is used as it is. Only when none imports do we install torch==$(TORCH_VERSION) first:
@@ -91,6 +94,10 @@ $(OUT)/.eval.args: FORCE | $(OUT)
 eval: $(OUT)/eval.json
 $(OUT)/eval.json: $(OUT)/artifact.bin $(OUT)/.eval.args | $(INSTALLED)
 	$(GOLFCTL_RANKS) eval $(OUT)/artifact.bin --data $(OUT)/data --out $@ $(EVAL_ARGS)
+
+# The unquantized model's plain score: the reference the quantization gap is measured against.
+$(OUT)/eval_fp.json: $(OUT)/final.safetensors | $(INSTALLED)
+	$(GOLFCTL) eval $(OUT)/final.safetensors --data $(OUT)/data --out $@ --no-sliding
 
 $(OUT):
 	mkdir -p $@

@@ -149,6 +149,16 @@ def eval_command(model, data, out, seq_len, stride, batch_seqs, no_plain, no_sli
                         max_val_tokens=max_val_tokens, tokenizer=tokenizer))
 
 
+@cli.command("report")
+@click.argument("out", type=click.Path(path_type=Path), default="artifacts")
+def report_command(out: Path) -> None:
+    """Print the result table of a pipeline output folder (what `make all` ends with)."""
+    from golfctl.report import report_lines
+
+    for line in report_lines(out):
+        click.echo(line)
+
+
 @cli.command("inspect")
 @click.argument("path", type=click.Path(path_type=Path))
 def inspect_command(path: Path) -> None:

@@ -1,0 +1,53 @@
+"""The whole chain through the Makefile and the real CLI, on a few-second configuration."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# Tiny everything: 2 layers × 32, 64-token sequences, 6 steps; the chain, not the score, is under test.
+TRAIN_ARGS = " ".join(f"--set {kv}" for kv in (
+    "vocab_size=512", "model_dim=32", "num_layers=2", "num_heads=2", "num_kv_heads=1", "loop_start=0", "loop_end=1",
+    "parallel_start=1", "train_seq_len=64", "train_batch_tokens=1024", "grad_accum=2", "iterations=6",
+    "val_every=0", "log_every=2"))
+
+
+def make(out: Path, corpus: Path, quant_args: str = "--calib-batches 2") -> subprocess.CompletedProcess:
+    variables = {"OUT": out, "CORPUS": corpus, "VOCAB": 512, "TOKENIZE_ARGS": "--val-docs 1", "TRAIN_ARGS": TRAIN_ARGS,
+                 "QUANT_ARGS": quant_args, "EVAL_ARGS": "--ttt --stride 32 --ttt-chunk-tokens 2048 --ttt-epochs 1"}
+    args = ["make", "--no-print-directory", "all", *(f"{k}={v}" for k, v in variables.items())]
+    result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return result
+
+
+def stages_run(result: subprocess.CompletedProcess) -> list[str]:
+    commands = [line.split()[1] for line in result.stdout.splitlines() if line.startswith(".venv/bin/golfctl ")]
+    return [c for c in commands if c != "report"]
+
+
+def inspect(path: Path) -> str:
+    result = subprocess.run([sys.executable, "-m", "golfctl", "inspect", str(path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_make_all_chain_reruns_only_what_changed(tmp_path, small_corpus):
+    out = tmp_path / "artifacts"
+    first = make(out, small_corpus)
+    assert stages_run(first) == ["tokenize", "train", "ema-finalize", "quantize", "eval", "eval"]
+    for name, kind in [("data", "golfctl.dataset v1"), ("run/ckpt.safetensors", "training checkpoint"),
+                       ("final.safetensors", "golfctl.model v1"), ("artifact.bin", "golfctl.quantized v1")]:
+        assert kind in inspect(out / name), name
+    report = json.loads((out / "eval.json").read_text())
+    assert report["format"] == "golfctl.eval" and set(report["results"]) == {"plain", "sliding", "ttt"}
+    for entry in report["results"].values():
+        assert set(entry) >= {"val_loss", "val_bpb", "tokens", "bytes", "seconds"} and 0 < entry["val_bpb"] < 10
+    assert report["results"]["ttt"]["chunks"] and report["settings"]["ttt_epochs"] == 1
+    for fragment in ("quantized sliding+TTT", "unigram reference", "headroom", "train"):
+        assert fragment in first.stdout
+    assert stages_run(make(out, small_corpus)) == [], "a second make all must do nothing"
+    assert stages_run(make(out, small_corpus, quant_args="--calib-batches 2 --method rtn")) == ["quantize", "eval"]
