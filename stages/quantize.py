@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
 import time
 from dataclasses import dataclass
@@ -106,8 +107,7 @@ def run_quantize(cfg: QuantizeConfig) -> dict:
     hessians = collect_hessians(model, batches, loops=weights.config.resolved_eval_loops)
     _say(f"quantize: calibrated {len(hessians)} Hessians on {sum(b.numel() for b in batches):,} training tokens "
          f"in {time.perf_counter() - start:.1f}s")
-    groups = _quantized_names(model)
-    make = lambda k: _quantize(weights, hessians, groups, cfg, k)  # noqa: E731
+    make = functools.partial(_quantize, weights, hessians, _quantized_names(model), cfg)  # clip_sigmas → Quantized
     result = _fit(make, cfg) if cfg.fit else make(cfg.clip_sigmas)
     budget = budget_for(len(result.data), cfg.budget)
     _report(result, budget)
