@@ -18,6 +18,13 @@ RESUME ?=
 QUANT_ARGS ?=
 EVAL_ARGS ?= --ttt
 RUN := $(OUT)/run
+# DATA: a dataset folder to use instead of tokenizing CORPUS (e.g. the official fineweb10B_sp1024);
+# TOKENIZER: its .model when the folder carries none (official folders don't).
+DATA ?= $(OUT)/data
+TOKENIZER ?=
+TOKENIZER_OPT := $(if $(TOKENIZER),--tokenizer $(TOKENIZER))
+# Only our own dataset is built here; a given DATA folder is taken as it is.
+DATA_READY := $(if $(filter $(OUT)/data,$(DATA)),$(OUT)/data/manifest.json)
 
 GOLFCTL := $(BIN)/golfctl
 # Several ranks go through torchrun; one rank runs the same command directly.
@@ -33,7 +40,7 @@ endif
 # The chain ends with the result table; every step before it reruns only when its inputs changed.
 all: report
 report: $(OUT)/eval.json $(OUT)/eval_fp.json
-	@$(GOLFCTL) report $(OUT)
+	@$(GOLFCTL) report $(OUT) --data $(DATA)
 
 # The venv sees the system's packages, so a torch the user already has (say a CUDA build)
 # is used as it is. Only when none imports do we install torch==$(TORCH_VERSION) first:
@@ -67,14 +74,14 @@ $(OUT)/data/manifest.json: $(OUT)/.tokenize.args | $(INSTALLED)
 	$(GOLFCTL) tokenize --corpus $(CORPUS) --vocab-size $(VOCAB) --out $(OUT)/data --force $(TOKENIZE_ARGS)
 
 $(OUT)/.train.args: FORCE | $(OUT)
-	@echo '$(PRESET) $(TRAIN_ARGS)' | cmp -s - $@ || echo '$(PRESET) $(TRAIN_ARGS)' > $@
+	@echo '$(PRESET) $(DATA) $(TRAIN_ARGS)' | cmp -s - $@ || echo '$(PRESET) $(DATA) $(TRAIN_ARGS)' > $@
 
 # A run trains in run.partial/ and becomes run/ only when it finishes, so an interrupted run
 # never passes for a finished one. `make train RESUME=1` continues an interrupted run.
 train: $(RUN)/ckpt.safetensors
-$(RUN)/ckpt.safetensors: $(OUT)/data/manifest.json $(OUT)/.train.args | $(INSTALLED)
+$(RUN)/ckpt.safetensors: $(DATA_READY) $(OUT)/.train.args | $(INSTALLED)
 	$(if $(RESUME),,rm -rf $(RUN).partial)
-	$(GOLFCTL_RANKS) train --data $(OUT)/data --preset $(PRESET) --out $(RUN).partial $(if $(RESUME),--resume) $(TRAIN_ARGS)
+	$(GOLFCTL_RANKS) train --data $(DATA) $(TOKENIZER_OPT) --preset $(PRESET) --out $(RUN).partial $(if $(RESUME),--resume) $(TRAIN_ARGS)
 	rm -rf $(RUN) && mv $(RUN).partial $(RUN)
 
 final: $(OUT)/final.safetensors
@@ -86,18 +93,18 @@ $(OUT)/.quantize.args: FORCE | $(OUT)
 
 artifact: $(OUT)/artifact.bin
 $(OUT)/artifact.bin: $(OUT)/final.safetensors $(OUT)/.quantize.args | $(INSTALLED)
-	$(GOLFCTL) quantize $(OUT)/final.safetensors --data $(OUT)/data --out $@ $(QUANT_ARGS)
+	$(GOLFCTL) quantize $(OUT)/final.safetensors --data $(DATA) --out $@ $(QUANT_ARGS)
 
 $(OUT)/.eval.args: FORCE | $(OUT)
 	@echo '$(NPROC) $(EVAL_ARGS)' | cmp -s - $@ || echo '$(NPROC) $(EVAL_ARGS)' > $@
 
 eval: $(OUT)/eval.json
 $(OUT)/eval.json: $(OUT)/artifact.bin $(OUT)/.eval.args | $(INSTALLED)
-	$(GOLFCTL_RANKS) eval $(OUT)/artifact.bin --data $(OUT)/data --out $@ $(EVAL_ARGS)
+	$(GOLFCTL_RANKS) eval $(OUT)/artifact.bin --data $(DATA) $(TOKENIZER_OPT) --out $@ $(EVAL_ARGS)
 
 # The unquantized model's plain score: the reference the quantization gap is measured against.
 $(OUT)/eval_fp.json: $(OUT)/final.safetensors | $(INSTALLED)
-	$(GOLFCTL) eval $(OUT)/final.safetensors --data $(OUT)/data --out $@ --no-sliding
+	$(GOLFCTL_RANKS) eval $(OUT)/final.safetensors --data $(DATA) $(TOKENIZER_OPT) --out $@ --no-sliding
 
 $(OUT):
 	mkdir -p $@

@@ -151,11 +151,12 @@ def eval_command(model, data, out, seq_len, stride, batch_seqs, no_plain, no_sli
 
 @cli.command("report")
 @click.argument("out", type=click.Path(path_type=Path), default="artifacts")
-def report_command(out: Path) -> None:
+@click.option("--data", type=click.Path(path_type=Path), default=None, help="Dataset folder [default: OUT/data].")
+def report_command(out: Path, data: Path | None) -> None:
     """Print the result table of a pipeline output folder (what `make all` ends with)."""
     from golfctl.report import report_lines
 
-    for line in report_lines(out):
+    for line in report_lines(out, data):
         click.echo(line)
 
 

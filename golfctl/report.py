@@ -2,7 +2,7 @@
 
 Reads `eval.json` (quantized artifact: plain, sliding, TTT), `eval_fp.json` (unquantized
 model, plain), `artifact.bin` (bytes, with the code bytes of the budget), `run/ckpt.safetensors`
-(training tokens and seconds) and `data/` (the order-0 reference: the unigram entropy of the
+(training tokens and seconds) and the dataset (`data/` or `--data`: the order-0 reference: the unigram entropy of the
 validation targets in bits per byte, what a model that ignores context would score).
 """
 
@@ -27,13 +27,14 @@ def unigram_bits_per_byte(tokens: np.ndarray, n_bytes: int) -> float:
     return float(-(p * np.log2(p)).sum() * (tokens.size - 1) / n_bytes)
 
 
-def report_lines(out: Path) -> list[str]:
+def report_lines(out: Path, data: Path | None = None) -> list[str]:
     out = Path(out)
     quantized = _read_eval(out / "eval.json")
     fp = _read_eval(out / "eval_fp.json")["results"]
     ckpt = load_checkpoint(out / "run" / "ckpt.safetensors")
-    val = open_dataset(out / "data").splits["val"]
-    reference = unigram_bits_per_byte(val.load_tokens(), val.bytes)
+    val = open_dataset(data or out / "data").splits["val"]
+    # The bytes of the whole split come from the scored runs: official folders have no manifest count.
+    reference = unigram_bits_per_byte(val.load_tokens(), fp["plain"]["bytes"])
     budget = budget_for((out / "artifact.bin").stat().st_size)
     results = quantized["results"]
     rows = [("fp (plain)", fp["plain"]), ("quantized plain", results.get("plain")),

@@ -51,3 +51,15 @@ def test_make_all_chain_reruns_only_what_changed(tmp_path, small_corpus):
         assert fragment in first.stdout
     assert stages_run(make(out, small_corpus)) == [], "a second make all must do nothing"
     assert stages_run(make(out, small_corpus, quant_args="--calib-batches 2 --method rtn")) == ["quantize", "eval"]
+
+
+def test_make_all_on_an_official_dataset_skips_tokenize(tmp_path):
+    """DATA/TOKENIZER point every stage at a given folder; NPROC runs train and eval under torchrun."""
+    args = ["make", "-n", "--no-print-directory", "all", f"OUT={tmp_path}", "DATA=/d/fineweb10B_sp1024",
+            "TOKENIZER=/d/fineweb_1024_bpe.model", "PRESET=baseline", "NPROC=8"]
+    plan = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert "golfctl tokenize" not in plan
+    assert "--nproc_per_node=8 -m golfctl train --data /d/fineweb10B_sp1024 --tokenizer /d/fineweb_1024_bpe.model " \
+           "--preset baseline" in plan
+    assert "final.safetensors --data /d/fineweb10B_sp1024 --out" in plan  # quantize calibrates on it
+    assert plan.count("-m golfctl eval") == 2 and plan.count("--tokenizer /d/fineweb_1024_bpe.model") == 3
