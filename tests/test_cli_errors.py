@@ -3,26 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
+from cli_helpers import assert_clean_error, golfctl
 from golfctl.corpus import SHAKESPEARE_INSTALL, open_corpus
 from golfctl.errors import UserError
-
-
-def golfctl(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "golfctl", *map(str, args)], capture_output=True, text=True, cwd=cwd)
-
-
-def assert_clean_error(result, *fragments):
-    assert result.returncode == 1, result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
 
 
 def assert_nothing_left(parent, expected):

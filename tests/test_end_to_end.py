@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
+
+from cli_helpers import golfctl
 
 ROOT = Path(__file__).resolve().parent.parent
 # Tiny everything: 2 layers × 32, 64-token sequences, 6 steps; the chain, not the score, is under test.
@@ -30,7 +31,7 @@ def stages_run(result: subprocess.CompletedProcess) -> list[str]:
 
 
 def inspect(path: Path) -> str:
-    result = subprocess.run([sys.executable, "-m", "golfctl", "inspect", str(path)], capture_output=True, text=True)
+    result = golfctl("inspect", path)
     assert result.returncode == 0, result.stderr
     return result.stdout
 

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from cli_helpers import assert_clean_error, golfctl
 from golfctl.dataset import open_dataset
 from golfctl.weights import load_weights, save_model_file
 from stages.ema_finalize import EmaFinalizeConfig, run_ema_finalize
@@ -16,10 +17,6 @@ from stages.evaluate import EvalConfig, run_eval
 from stages.quantize import QuantizeConfig, run_quantize
 
 FAST = dict(stride=16, batch_seqs=16, ttt=True, ttt_chunk_tokens=2048, ttt_epochs=1, ttt_batch_seqs=8)
-
-
-def golfctl(*args, **kwargs):
-    return subprocess.run([sys.executable, "-m", "golfctl", *map(str, args)], capture_output=True, text=True, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -88,11 +85,7 @@ def test_bad_input(tmp_path, model_and_artifact, small_dataset, shakespeare_data
     model = model_and_artifact / "final.safetensors"
 
     def error(*args):
-        result = golfctl("eval", *args, "--out", tmp_path / "eval.json")
-        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
-        lines = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
-        assert len(lines) == 1, result.stderr
-        return lines[0]
+        return assert_clean_error(golfctl("eval", *args, "--out", tmp_path / "eval.json"))
 
     assert "vocab" in error(model, "--data", shakespeare_dataset)
     assert "--stride" in error(model, "--data", small_dataset, "--stride", 100, "--seq-len", 64)

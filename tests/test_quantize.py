@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import subprocess
-import sys
 
 import pytest
 import torch
+from cli_helpers import assert_clean_error, golfctl
 from safetensors import safe_open
 
 from golfctl.artifact import QuantizedTensor, read_artifact
@@ -16,10 +15,6 @@ from golfctl.fileio import sha256_file
 from golfctl.weights import build_model, load_weights, save_model_file
 from stages.ema_finalize import EmaFinalizeConfig, run_ema_finalize
 from stages.quantize import FIT_PROBES, FIT_RANGE, QuantizeConfig, run_quantize
-
-
-def golfctl(*args):
-    return subprocess.run([sys.executable, "-m", "golfctl", *map(str, args)], capture_output=True, text=True)
 
 
 @pytest.fixture(scope="module")
@@ -83,9 +78,7 @@ def test_over_budget_exits_3_and_writes_nothing(tmp_path, final_model, small_dat
     out = tmp_path / "artifact.bin"
     result = golfctl("quantize", final_model, "--data", small_dataset, "--out", out, "--budget", 60_000,
                      "--calib-batches", 2)
-    assert result.returncode == 3, result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1 and "over the 60,000-byte budget" in errors[0] and "--fit" in errors[0]
+    assert_clean_error(result, "over the 60,000-byte budget", "--fit", code=3)
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 

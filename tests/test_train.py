@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import assert_clean_error, golfctl
 from safetensors import safe_open
 
 from golfctl.checkpoint import load_checkpoint, read_metadata
@@ -31,10 +32,6 @@ SMALL = {
 
 def small_config(**changes) -> TrainConfig:
     return config_from_dict(TrainConfig, {**SMALL, **changes})
-
-
-def golfctl(*args, **kwargs):
-    return subprocess.run([sys.executable, "-m", "golfctl", *map(str, args)], capture_output=True, text=True, **kwargs)
 
 
 def all_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -119,14 +116,6 @@ def test_torchrun_two_ranks_match_one_process(tmp_path, small_dataset):
     for key in (k for k in one if k.startswith(("model.", "ema."))):
         torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5, msg=key)
     assert json.loads(read_metadata(tmp_path / "two" / "ckpt.safetensors")["provenance"])["world_size"] == 2
-
-
-def assert_clean_error(result, *fragments):
-    assert result.returncode == 1, result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
 
 
 @pytest.mark.parametrize("sets, fragments", [
