@@ -30,7 +30,7 @@ def describe(path: str | Path) -> list[str]:
         return describe_dataset(open_dataset(path.parent))
     if not path.is_file():
         raise UserError(f"{path} does not exist")
-    head = path.read_bytes()[:HEADER_BYTES] if path.stat().st_size < (1 << 20) else _head(path)
+    head = _head(path)
     if len(head) >= 4 and int.from_bytes(head[:4], "little") == MAGIC:
         return describe_shard(path)
     if head.startswith(ARTIFACT_MAGIC):

@@ -201,6 +201,15 @@ def parameter_groups(model: GPT) -> dict[str, list[tuple[str, nn.Parameter]]]:
     return groups
 
 
+def parameter_roles(model: GPT) -> dict[str, str]:
+    """Each parameter name → "embed", "attn" or "mlp" (block matrices), or "scalar" (control tensors)."""
+    roles = {}
+    for group, named in parameter_groups(model).items():
+        for name, _ in named:
+            roles[name] = ("mlp" if ".mlp." in name else "attn") if group == "matrix" else group
+    return roles
+
+
 def model_flops_per_token(cfg: ModelConfig, seq_len: int, loops: int) -> float:
     """Training FLOPs per token (forward + backward), the usual 6·N + 12·L·d·T estimate.
 

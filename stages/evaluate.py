@@ -21,7 +21,7 @@ from golfctl.dataset import dataset_identity, open_dataset
 from golfctl.distributed import DistContext, init_distributed, shutdown
 from golfctl.errors import UserError
 from golfctl.fileio import atomic_write_bytes, sha256_file
-from golfctl.model import parameter_groups
+from golfctl.model import parameter_roles
 from golfctl.progress import Progress
 from golfctl.sliding import Sums, plan_windows, score_first_ttt, score_windows
 from golfctl.validation import autocast, load_validation_set
@@ -156,14 +156,8 @@ def _ttt_parameters(model, selection: str) -> list:
     unknown = sorted(set(wanted) - set(TTT_PARAM_SETS))
     if unknown or not wanted:
         raise UserError(f"--ttt-params {selection!r}: choose from {', '.join(TTT_PARAM_SETS)} (comma-separated)")
-    groups = parameter_groups(model)
-    chosen = []
-    for name, p in model.named_parameters():
-        kind = {"tok_emb.weight": "embed"}.get(name) or ("scalar" if any(p is q for _, q in groups["scalar"]) else
-                                                        "mlp" if ".mlp." in name else "attn")
-        if "all" in wanted or kind in wanted:
-            chosen.append(p)
-    return chosen
+    roles = parameter_roles(model)
+    return [p for name, p in model.named_parameters() if "all" in wanted or roles[name] in wanted]
 
 
 def _timed(ctx: DistContext, name: str, tokens, run, chunks: bool = False) -> dict:

@@ -28,7 +28,7 @@ from golfctl.codec import CODECS, entropy_bound_bytes
 from golfctl.dataset import open_dataset
 from golfctl.errors import UserError
 from golfctl.gptq import dequantize, output_error, quantize_gptq, quantize_rtn, sdclip_scales, weight_error
-from golfctl.model import parameter_groups
+from golfctl.model import parameter_roles
 from golfctl.validation import score_weights
 from golfctl.weights import Weights, build_model, load_weights
 
@@ -129,10 +129,7 @@ def run_quantize(cfg: QuantizeConfig) -> dict:
 
 def _quantized_names(model) -> dict[str, str]:
     """Every 2-D weight matrix → its report group; everything else is passed through as fp16."""
-    groups = parameter_groups(model)
-    names = {name: ("attn" if ".attn." in name else "mlp") for name, _ in groups["matrix"]}
-    names.update({name: "embed" for name, _ in groups["embed"]})
-    return names
+    return {name: role for name, role in parameter_roles(model).items() if role != "scalar"}
 
 
 def _quantize(weights: Weights, hessians: dict[str, torch.Tensor], groups: dict[str, str], cfg: QuantizeConfig,

@@ -194,9 +194,13 @@ class _Trainer:
         by_time = self.elapsed / self.cfg.max_wallclock_seconds if self.cfg.max_wallclock_seconds else 0.0
         return min(1.0, max(by_steps, by_time))
 
+    def _loops(self, progress: float) -> int:
+        """The looped layers run their full count only once `enable_looping_at` of the run has passed."""
+        return self.cfg.num_loops if progress >= self.cfg.enable_looping_at else 1
+
     def _train_step(self, progress: float) -> torch.Tensor:
         cfg = self.cfg
-        loops = cfg.num_loops if progress >= cfg.enable_looping_at else 1
+        loops = self._loops(progress)
         self.optimizers.set_schedule(lr_multiplier(self.step, progress, cfg), self.step)
         scale = 1.0 / self.batches.local_micro_batches
         loss_sum = torch.zeros((), device=self.ctx.device)
@@ -260,7 +264,7 @@ class _Trainer:
 
     def _validate(self, limit: int) -> ValResult:
         tokens = self.val.tokens[: limit + 1] if limit else self.val.tokens
-        loops = self.cfg.num_loops if self._progress() >= self.cfg.enable_looping_at else 1
+        loops = self._loops(self._progress())
         batch_seqs = max(1, VAL_BATCH_TOKENS // self.cfg.train_seq_len)
         start = time.perf_counter()
         result = plain_validation(self.model, tokens, self.val.tables, self.cfg.train_seq_len, batch_seqs, self.ctx,
