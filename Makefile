@@ -38,9 +38,14 @@ endif
 .DELETE_ON_ERROR:
 
 # The chain ends with the result table; every step before it reruns only when its inputs changed.
+# The table is rebuilt only after a stage reran; otherwise `make all` shows it and says nothing ran.
 all: report
-report: $(OUT)/eval.json $(OUT)/eval_fp.json
-	@$(GOLFCTL) report $(OUT) --data $(DATA)
+report: $(OUT)/report.txt
+	@cat $<
+	@$(if $(REPORT_REBUILT),,echo "Nothing to rerun: every stage is up to date (change a variable or delete a file in $(OUT)/ to rerun from there).")
+$(OUT)/report.txt: $(OUT)/eval.json $(OUT)/eval_fp.json
+	$(eval REPORT_REBUILT := yes)
+	@$(GOLFCTL) report $(OUT) --data $(DATA) > $@
 
 # The venv sees the system's packages, so a torch the user already has (say a CUDA build)
 # is used as it is. Only when none imports do we install torch==$(TORCH_VERSION) first:

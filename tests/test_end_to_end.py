@@ -50,8 +50,13 @@ def test_make_all_chain_reruns_only_what_changed(tmp_path, small_corpus):
     assert report["results"]["ttt"]["chunks"] and report["settings"]["ttt_epochs"] == 1
     for fragment in ("quantized sliding+TTT", "unigram reference", "headroom", "train"):
         assert fragment in first.stdout
-    assert stages_run(make(out, small_corpus)) == [], "a second make all must do nothing"
+    assert "Nothing to rerun" not in first.stdout
+    second = make(out, small_corpus)
+    assert stages_run(second) == [], "a second make all must do nothing"
+    assert "Nothing to rerun" in second.stdout and "quantized sliding+TTT" in second.stdout
     assert stages_run(make(out, small_corpus, quant_args="--calib-batches 2 --method rtn")) == ["quantize", "eval"]
+    (out / "run" / "ckpt.safetensors").unlink()
+    assert stages_run(make(out, small_corpus)) == ["train", "ema-finalize", "quantize", "eval", "eval"]
 
 
 def test_make_all_on_an_official_dataset_skips_tokenize(tmp_path):

@@ -20,8 +20,8 @@ from golfctl.checkpoint import load_checkpoint, read_metadata
 from golfctl.config import TrainConfig, config_from_dict
 from stages.train import TrainRun, run_train
 
-# A few-second model: every wiring option the tiny preset uses (parallel blocks, range loops
-# switched on mid-run, U-Net skips), small enough for 2 CPU cores.
+# A few-second model with every wiring option (parallel blocks, range loops switched on mid-run,
+# U-Net skips), small enough for 2 CPU cores.
 SMALL = {
     "vocab_size": 512, "model_dim": 32, "num_layers": 3, "num_heads": 2, "num_kv_heads": 1, "mlp_mult": 2.0,
     "parallel_start": 2, "loop_start": 1, "loop_end": 1, "num_loops": 2, "enable_looping_at": 0.5,
