@@ -16,10 +16,13 @@ TRAIN_ARGS = " ".join(f"--set {kv}" for kv in (
     "val_every=0", "log_every=2"))
 
 
-def make(out: Path, corpus: Path, quant_args: str = "--calib-batches 2") -> subprocess.CompletedProcess:
+def make(out: Path, corpus: Path, quant_args: str = "--calib-batches 2",
+         dry_run: bool = False) -> subprocess.CompletedProcess:
+    """`make all` with the few-second configuration; `dry_run` only lists what would run (`make -n`)."""
     variables = {"OUT": out, "CORPUS": corpus, "VOCAB": 512, "TOKENIZE_ARGS": "--val-docs 1", "TRAIN_ARGS": TRAIN_ARGS,
                  "QUANT_ARGS": quant_args, "EVAL_ARGS": "--ttt --stride 32 --ttt-chunk-tokens 2048 --ttt-epochs 1"}
-    args = ["make", "--no-print-directory", "all", *(f"{k}={v}" for k, v in variables.items())]
+    args = ["make", "--no-print-directory", *(["-n"] if dry_run else []), "all",
+            *(f"{k}={v}" for k, v in variables.items())]
     result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return result
@@ -56,7 +59,8 @@ def test_make_all_chain_reruns_only_what_changed(tmp_path, small_corpus):
     assert "Nothing to rerun" in second.stdout and "quantized sliding+TTT" in second.stdout
     assert stages_run(make(out, small_corpus, quant_args="--calib-batches 2 --method rtn")) == ["quantize", "eval"]
     (out / "run" / "ckpt.safetensors").unlink()
-    assert stages_run(make(out, small_corpus)) == ["train", "ema-finalize", "quantize", "eval", "eval"]
+    assert stages_run(make(out, small_corpus, quant_args="--calib-batches 2 --method rtn", dry_run=True)) == [
+        "train", "ema-finalize", "quantize", "eval", "eval"], "a deleted checkpoint reruns train onward"
 
 
 def test_make_all_on_an_official_dataset_skips_tokenize(tmp_path):
