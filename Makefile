@@ -71,16 +71,17 @@ bench: $(OUT)/artifact.bin
 	$(BIN)/python benchmarks/bench_eval.py --model $(OUT)/artifact.bin --data $(OUT)/data
 
 # A stage's options live in a file that changes only when they change, so editing them reruns it.
-# `+` runs these even under `make -n`, so a dry run lists exactly the stages that would rerun.
-$(OUT)/.tokenize.args: FORCE | $(OUT)
-	+@echo '$(CORPUS) $(VOCAB) $(TOKENIZE_ARGS)' | cmp -s - $@ || echo '$(CORPUS) $(VOCAB) $(TOKENIZE_ARGS)' > $@
+# `+` runs this even under `make -n`, so a dry run lists exactly the stages that would rerun.
+$(OUT)/.%.args: FORCE | $(OUT)
+	+@echo '$(STAGE_ARGS)' | cmp -s - $@ || echo '$(STAGE_ARGS)' > $@
+
+$(OUT)/.tokenize.args: STAGE_ARGS = $(CORPUS) $(VOCAB) $(TOKENIZE_ARGS)
 
 data: $(OUT)/data/manifest.json
 $(OUT)/data/manifest.json: $(OUT)/.tokenize.args | $(INSTALLED)
 	$(GOLFCTL) tokenize --corpus $(CORPUS) --vocab-size $(VOCAB) --out $(OUT)/data --force $(TOKENIZE_ARGS)
 
-$(OUT)/.train.args: FORCE | $(OUT)
-	+@echo '$(PRESET) $(DATA) $(TRAIN_ARGS)' | cmp -s - $@ || echo '$(PRESET) $(DATA) $(TRAIN_ARGS)' > $@
+$(OUT)/.train.args: STAGE_ARGS = $(PRESET) $(DATA) $(TRAIN_ARGS)
 
 # A run trains in run.partial/ and becomes run/ only when it finishes, so an interrupted run
 # never passes for a finished one. `make train RESUME=1` continues an interrupted run.
@@ -94,15 +95,13 @@ final: $(OUT)/final.safetensors
 $(OUT)/final.safetensors: $(RUN)/ckpt.safetensors | $(INSTALLED)
 	$(GOLFCTL) ema-finalize $(RUN)/ckpt.safetensors --out $@
 
-$(OUT)/.quantize.args: FORCE | $(OUT)
-	+@echo '$(QUANT_ARGS)' | cmp -s - $@ || echo '$(QUANT_ARGS)' > $@
+$(OUT)/.quantize.args: STAGE_ARGS = $(QUANT_ARGS)
 
 artifact: $(OUT)/artifact.bin
 $(OUT)/artifact.bin: $(OUT)/final.safetensors $(OUT)/.quantize.args | $(INSTALLED)
 	$(GOLFCTL) quantize $(OUT)/final.safetensors --data $(DATA) --out $@ $(QUANT_ARGS)
 
-$(OUT)/.eval.args: FORCE | $(OUT)
-	+@echo '$(NPROC) $(EVAL_ARGS)' | cmp -s - $@ || echo '$(NPROC) $(EVAL_ARGS)' > $@
+$(OUT)/.eval.args: STAGE_ARGS = $(NPROC) $(EVAL_ARGS)
 
 eval: $(OUT)/eval.json
 $(OUT)/eval.json: $(OUT)/artifact.bin $(OUT)/.eval.args | $(INSTALLED)
