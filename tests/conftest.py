@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+import json
 import shutil
 from pathlib import Path
 
@@ -21,17 +23,80 @@ def pytest_addoption(parser):
 
 @pytest.fixture
 def golden(request):
-    """golden(name, text): compare `text` with tests/golden/name, or rewrite it under --update-golden."""
+    """golden(name, content): compare with tests/golden/name, or rewrite it under --update-golden.
 
-    def check(name: str, text: str) -> None:
+    `content` is text, or JSON-able data written by `golden_json` (one fact per line, so a
+    changed golden reads as a short diff). A mismatch fails with the unified diff.
+    """
+
+    def check(name: str, content, tolerance: float | None = None) -> None:
+        """With `tolerance`, `content` is a dict: the file records {"tolerance": t, **content} and
+        floats match within t (absolute), everything else exactly."""
+        if tolerance is not None:
+            content = {"tolerance": tolerance, **content}
+        text = content if isinstance(content, str) else golden_json(content)
         path = GOLDEN_DIR / name
         if request.config.getoption("--update-golden"):
             path.write_text(text, encoding="utf-8")
             return
         assert path.is_file(), f"{path} is missing; run pytest --update-golden and review the diff"
-        assert text == path.read_text(encoding="utf-8"), f"{name} differs from the golden file"
+        expected = path.read_text(encoding="utf-8")
+        if tolerance is not None:
+            recorded = json.loads(expected)
+            matches = _close(recorded, content, recorded.get("tolerance", 0.0))
+        else:
+            matches = text == expected
+        if not matches:
+            diff = "".join(difflib.unified_diff(expected.splitlines(keepends=True), text.splitlines(keepends=True),
+                                                f"golden/{name}", "this run"))
+            pytest.fail(f"{name} differs from the golden file (rerun with --update-golden if the change is "
+                        f"intended):\n{diff}", pytrace=False)
 
     return check
+
+
+def _close(recorded, got, tolerance: float) -> bool:
+    """Equal structure and values, floats within `tolerance` (the ints of a count stay exact)."""
+    if isinstance(recorded, dict) and isinstance(got, dict):
+        return recorded.keys() == got.keys() and all(_close(recorded[k], got[k], tolerance) for k in recorded)
+    if isinstance(recorded, list) and isinstance(got, list):
+        return len(recorded) == len(got) and all(_close(r, g, tolerance) for r, g in zip(recorded, got))
+    if isinstance(recorded, float) or isinstance(got, float):
+        return abs(recorded - got) <= tolerance
+    return recorded == got
+
+
+def golden_json(data, width: int = 120) -> str:
+    """Indented JSON in which every object or list that fits in `width` columns stays on one line.
+
+    Keys keep their given order and non-ASCII text stays readable (SentencePiece's "▁").
+    """
+
+    def render(value, indent: str, column: int) -> str:  # `column`: where on its line the value starts
+        flat = json.dumps(value, ensure_ascii=False)
+        if not isinstance(value, (dict, list)) or column + len(flat) <= width:
+            return flat
+        inner = indent + "  "
+        if isinstance(value, dict):
+            items = []
+            for key, item in value.items():
+                head = f"{inner}{json.dumps(key, ensure_ascii=False)}: "
+                items.append(head + render(item, inner, len(head)))
+            return "{\n" + ",\n".join(items) + "\n" + indent + "}"
+        return "[\n" + ",\n".join(inner + render(item, inner, len(inner)) for item in value) + "\n" + indent + "]"
+
+    return render(data, "", 0) + "\n"
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny matmuls gain nothing from threads, and idle OpenMP threads spin on a busy machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import torch
 from cli_helpers import assert_clean_error, golfctl
 from safetensors import safe_open
 
-from golfctl.artifact import QuantizedTensor, read_artifact
+from golfctl.artifact import PREFIX_BYTES, QuantizedTensor, read_artifact
 from golfctl.budget import OverBudget
 from golfctl.fileio import sha256_file
 from golfctl.weights import build_model, load_weights, save_model_file
@@ -56,9 +56,20 @@ def test_golden_artifact_and_exact_round_trip(tmp_path, final_model, small_datas
     fixed = tmp_path / "fixed.safetensors"
     save_model_file(fixed, dataclasses.replace(load_weights(final_model), sha256="0" * 64), provenance={})
     out = tmp_path / "artifact.bin"
-    run_quantize(QuantizeConfig(model=fixed, data=small_dataset, out=out, calib_batches=2))
-    golden("quantize_artifact.sha256", f"{sha256_file(out)}  artifact.bin\n")
+    summary = run_quantize(QuantizeConfig(model=fixed, data=small_dataset, out=out, calib_batches=2))
     artifact = read_artifact(out)
+    size = out.stat().st_size
+    assert size == summary["artifact_bytes"] == PREFIX_BYTES + artifact.header_bytes + artifact.payload_bytes
+    golden("quantize_artifact.json", {
+        "about": "quantize --calib-batches 2 (gptq, int6 blocks, int8 embedding, ans) of the trained_run fixture's EMA "
+                 "weights in a model file with fixed metadata; source.model_sha256 is that file's sha256; per tensor: "
+                 "payload bytes of its coded integers (fp16: of its values) and of its fp16 row scales",
+        "artifact": {"bytes": size, "sha256": sha256_file(out), "header_bytes": artifact.header_bytes,
+                     "payload_bytes": artifact.payload_bytes, "codec": artifact.codec},
+        "meta": artifact.meta,
+        "source": artifact.source,
+        "tensors": [_tensor_row(name, t, artifact.stored_bytes[name]) for name, t in artifact.tensors.items()],
+    })
     loaded = load_weights(out)
     for name, tensor in artifact.tensors.items():
         if isinstance(tensor, QuantizedTensor):
@@ -72,6 +83,14 @@ def test_golden_artifact_and_exact_round_trip(tmp_path, final_model, small_datas
     x = torch.randint(0, 512, (2, 64), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.equal(build_model(loaded, torch.device("cpu"))(x), reference(x))
+
+
+def _tensor_row(name: str, tensor, stored_bytes: int) -> dict:
+    if isinstance(tensor, QuantizedTensor):
+        scale_bytes = tensor.scales.nbytes
+        return {"name": name, "shape": list(tensor.shape), "kind": f"int{tensor.bits}",
+                "coded_bytes": stored_bytes - scale_bytes, "scale_bytes": scale_bytes}
+    return {"name": name, "shape": list(tensor.shape), "kind": "fp16", "coded_bytes": stored_bytes}
 
 
 def test_over_budget_exits_3_and_writes_nothing(tmp_path, final_model, small_dataset):

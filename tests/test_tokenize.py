@@ -6,7 +6,9 @@ import json
 
 import numpy as np
 import pytest
+import sentencepiece as spm
 
+from golfctl import __version__ as golfctl_version
 from golfctl.bpb import ByteTables
 from golfctl.dataset import open_dataset
 from golfctl.errors import UserError
@@ -24,10 +26,42 @@ def _documents(tokens: np.ndarray) -> list[np.ndarray]:
 
 def test_golden_small_corpus(tmp_path, small_corpus, golden):
     out = tmp_path / "ds"
-    run_tokenize(TokenizeConfig(out=out, corpus=str(small_corpus), vocab_size=512, val_docs=1, shard_tokens=50_000))
-    files = sorted(p.name for p in out.iterdir())
-    assert len([f for f in files if f.startswith("fineweb_train_")]) > 1, "small --shard-tokens must roll over"
-    golden("tokenize_small.sha256", "".join(f"{sha256_file(out / f)}  {f}\n" for f in files))
+    manifest = run_tokenize(TokenizeConfig(out=out, corpus=str(small_corpus), vocab_size=512, val_docs=1,
+                                           shard_tokens=50_000))
+    assert len(manifest["splits"]["train"]["shards"]) > 1, "small --shard-tokens must roll over"
+    shards = [s["file"] for split in manifest["splits"].values() for s in split["shards"]]
+    assert sorted(p.name for p in out.iterdir()) == sorted(["manifest.json", "tokenizer.model", *shards])
+    # The manifest names the library versions that made it; a golden file must not, so they are checked here.
+    assert manifest.pop("created_by") == {"golfctl": golfctl_version, "sentencepiece": spm.__version__}
+    on_disk = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert {k: v for k, v in on_disk.items() if k != "created_by"} == manifest
+    sp = load_tokenizer(out / "tokenizer.model")
+    learned = [i for i in range(sp.get_piece_size()) if not (sp.is_control(i) or sp.is_unknown(i) or sp.is_byte(i))]
+    first = {name: open_dataset(out).splits[name].load_tokens()[:20] for name in ("val", "train")}
+
+    def pieces(ids) -> list[str]:
+        return [f"{i} {sp.id_to_piece(int(i))}" for i in ids]
+
+    golden("tokenize_small.json", {
+        "about": "tokenize --corpus poems (5 Shakespeare poems) --vocab-size 512 --val-docs 1 --shard-tokens 50000; "
+                 "the manifest below leaves out created_by (library versions); token lists are 'id piece'",
+        "tokenizer": {
+            "bytes": (out / "tokenizer.model").stat().st_size,
+            "vocab_size": sp.vocab_size(),
+            "pieces": sp.get_piece_size(),
+            "byte_fallback_pieces": sum(sp.is_byte(i) for i in range(sp.get_piece_size())),
+            "first_pieces": pieces(range(6)),
+            "first_learned_pieces": pieces(learned[:12]),
+            "last_learned_pieces": pieces(learned[-4:]),
+        },
+        "first_text": {name: sp.decode(first[name].tolist()) for name in first},
+        "first_tokens": {name: pieces(first[name]) for name in first},
+        "manifest": manifest,
+    })
+    assert sha256_file(out / "tokenizer.model") == manifest["tokenizer"]["sha256"]
+    for split in manifest["splits"].values():
+        for shard in split["shards"]:
+            assert sha256_file(out / shard["file"]) == shard["sha256"], shard["file"]
 
 
 def test_same_output_whatever_the_thread_count(tmp_path, small_corpus):

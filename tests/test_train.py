@@ -48,7 +48,8 @@ def test_golden_losses_and_checkpoint_layout(tmp_path, small_dataset, golden):
     summary = run_train(TrainRun(cfg=small_config(), data=small_dataset, out=tmp_path / "run"))
     assert summary["stopped"] == "iterations" and summary["step"] == 8
     losses = train_losses(tmp_path / "run")
-    golden("train_small_losses.txt", "".join(f"step {s} loss {v:.5f}\n" for s, v in losses))
+    golden("train_small_losses.json", {"about": "train loss at each step of small_config() on small_dataset",
+                                       "losses": {str(s): round(v, 6) for s, v in losses}}, tolerance=5e-5)
     ckpt = tmp_path / "run" / "ckpt.safetensors"
     meta = read_metadata(ckpt)
     layout = [f"metadata {k}" for k in sorted(meta)] + [f"{k} {tuple(t.shape)} {t.dtype}"
