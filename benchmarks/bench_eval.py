@@ -3,9 +3,9 @@
 On the first --max-val-tokens validation tokens of a trained model, at its train_seq_len and
 eval loops, in one process on the CPU with one torch thread count throughout:
 
-  plain      score_windows over plan_windows(n, seq_len, seq_len): non-overlapping windows,
+  plain      Scorer.score over plain_windows(n, seq_len): non-overlapping windows,
              batch_seqs per forward, as the eval stage does.
-  sliding    score_windows over plan_windows(n, seq_len, stride) (stride 64), batch_seqs
+  sliding    Scorer.score over sliding_windows(n, seq_len, stride) (stride 64), batch_seqs
              windows per forward, as the eval stage does.
   reference  the same sliding windows scored one at a time: a full forward of each window
              alone (batch of 1), the nll of its scored tail summed in float64. It must give the
@@ -25,6 +25,7 @@ reference (tokens/s), and the TTT cost as seconds(ttt) / seconds(sliding).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -35,13 +36,15 @@ import torch
 
 from golfctl.bpb import TorchByteTables
 from golfctl.dataset import open_dataset
-from golfctl.distributed import DistContext
+from golfctl.distributed import single_process
 from golfctl.errors import UserError
+from golfctl.model import ttt_parameters
 from golfctl.provenance import device_name
-from golfctl.sliding import Sums, Window, plan_windows, score_first_ttt, score_windows
+from golfctl.scoring import Scorer, Sums, Window, plain_windows, sliding_windows
+from golfctl.ttt import score_first_ttt
 from golfctl.validation import load_validation_set
 from golfctl.weights import build_model, load_weights
-from stages.evaluate import EvalConfig, _ttt_parameters  # the stage's own TTT parameter selection
+from stages.evaluate import EvalConfig
 
 REL_TOL = 1e-9  # batched vs one-at-a-time Σ nll: float32 logits, float64 sums
 
@@ -75,7 +78,6 @@ def run(args: argparse.Namespace) -> None:
     if not args.model.exists():
         raise UserError(f"{args.model} does not exist; run `make artifact` (or pass --model and --data)")
     device = torch.device("cpu")
-    ctx = DistContext(rank=0, world_size=1, local_rank=0, device=device)
     stage = EvalConfig(model=args.model, data=args.data, out=Path(os.devnull))  # its defaults; nothing is written
     weights = load_weights(args.model)
     cfg = weights.config
@@ -92,16 +94,15 @@ def run(args: argparse.Namespace) -> None:
     print(f"stream   {tokens.size - 1:,} targets of {val.tokens.size - 1:,}; stride {stage.stride}, "
           f"batch_seqs {stage.batch_seqs}; plain and sliding best of {args.repeats}, reference and ttt once")
 
-    plain_plan = plan_windows(tokens.size, seq_len, seq_len)
-    sliding_plan = plan_windows(tokens.size, seq_len, stage.stride)
+    plain_plan = plain_windows(tokens.size, seq_len)
+    sliding_plan = sliding_windows(tokens.size, seq_len, stage.stride)
+    scorer = Scorer(model, val.tables, single_process(device), loops, stage.batch_seqs)
+    ttt_config = dataclasses.replace(stage.ttt_config, chunk_tokens=args.ttt_chunk_tokens)
     rows = {}
-    rows["plain"] = best_of(args.repeats, lambda: score_windows(
-        model, tokens, plain_plan, val.tables, ctx, loops, stage.batch_seqs))
-    rows["sliding"] = best_of(args.repeats, lambda: score_windows(
-        model, tokens, sliding_plan, val.tables, ctx, loops, stage.batch_seqs))
+    rows["plain"] = best_of(args.repeats, lambda: scorer.score(tokens, plain_plan))
+    rows["sliding"] = best_of(args.repeats, lambda: scorer.score(tokens, sliding_plan))
     rows["reference"] = best_of(1, lambda: score_one_at_a_time(model, tokens, sliding_plan, val.tables, loops))
-    rows["ttt"] = best_of(1, lambda: ttt(model, tokens, sliding_plan, val.tables, ctx, loops, stage,
-                                         args.ttt_chunk_tokens, seq_len))
+    rows["ttt"] = best_of(1, lambda: ttt(scorer, tokens, sliding_plan, ttt_config))
     check(torch.get_num_threads() == threads, f"torch threads changed from {threads} to {torch.get_num_threads()}")
 
     sliding, reference = rows["sliding"][0], rows["reference"][0]
@@ -140,16 +141,12 @@ def score_one_at_a_time(model, tokens: np.ndarray, windows: list[Window], tables
     return Sums(nll, n_tokens, n_bytes)
 
 
-def ttt(model, tokens: np.ndarray, windows: list[Window], tables: TorchByteTables, ctx: DistContext, loops: int,
-        stage: EvalConfig, chunk_tokens: int, seq_len: int) -> Sums:
-    """score_first_ttt as the eval stage calls it, with its defaults but `chunk_tokens`; weights restored."""
+def ttt(scorer: Scorer, tokens: np.ndarray, windows: list[Window], ttt_config) -> Sums:
+    """score_first_ttt as the eval stage calls it, with its defaults but the chunk size; weights restored."""
+    model = scorer.model
     original = {k: v.detach().clone() for k, v in model.state_dict().items()}
     try:
-        return score_first_ttt(
-            model, tokens, windows, tables, ctx, loops, stage.batch_seqs, chunk_tokens=chunk_tokens,
-            epochs=stage.ttt_epochs, lr=stage.ttt_lr, momentum=stage.ttt_momentum, grad_clip=stage.ttt_grad_clip,
-            params=_ttt_parameters(model, stage.ttt_params), train_seqs_per_step=stage.ttt_batch_seqs,
-            seq_len=seq_len)
+        return score_first_ttt(scorer, tokens, windows, ttt_config, ttt_parameters(model, ttt_config.params))
     finally:
         model.load_state_dict(original)
 
@@ -161,12 +158,12 @@ def report(rows: dict[str, tuple[Sums, float]], n_plain: int, n_sliding: int, ch
         "plain": f"{n_plain} windows, {stage.batch_seqs}/forward",
         "sliding": f"{n_sliding} windows, {stage.batch_seqs}/forward",
         "reference": f"{n_sliding} windows, 1/forward",
-        "ttt": f"chunks of {chunk_tokens:,}, {stage.ttt_epochs} epochs, params {stage.ttt_params}",
+        "ttt": f"chunks of {chunk_tokens:,}, {stage.ttt_config.epochs} epochs, params {stage.ttt_config.params}",
     }
     print(f"\n  {'method':<10}{'tokens':>8}{'seconds':>9}{'tokens/s':>10}{'/ ref':>8}{'val_bpb':>9}  setup")
     for name, (sums, seconds) in rows.items():
         print(f"  {name:<10}{sums.tokens:>8,}{seconds:>9.2f}{rate[name]:>10,.0f}"
-              f"{rate[name] / rate['reference']:>7.2f}×{sums.result().bpb:>9.4f}  {what[name]}")
+              f"{rate[name] / rate['reference']:>7.2f}×{sums.bpb:>9.4f}  {what[name]}")
     print(f"\n  batched sliding / reference: {rate['sliding'] / rate['reference']:.2f}× tokens/s "
           f"(Σ nll equal to {rel:.1e} relative, bytes exact)")
     print(f"  plain / reference:           {rate['plain'] / rate['reference']:.2f}× tokens/s")

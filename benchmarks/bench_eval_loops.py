@@ -16,14 +16,13 @@ from pathlib import Path
 
 import torch
 
-from golfctl.bpb import ByteTables, TorchByteTables
 from golfctl.checkpoint import load_checkpoint
 from golfctl.config import TrainConfig, config_from_dict
 from golfctl.dataset import open_dataset
-from golfctl.distributed import init_distributed
+from golfctl.distributed import single_process
 from golfctl.model import GPT
-from golfctl.tokenizer import load_tokenizer
-from golfctl.validation import plain_validation
+from golfctl.scoring import score_plain
+from golfctl.validation import load_validation_set
 
 
 def main() -> None:
@@ -33,35 +32,21 @@ def main() -> None:
     args = parser.parse_args()
 
     ckpt = load_checkpoint(args.run / "ckpt.safetensors")
-    ctx = init_distributed()
-    dataset = open_dataset(args.data)
-    tables = TorchByteTables(ByteTables.from_tokenizer(load_tokenizer(dataset.tokenizer_path)), ctx.device)
-    val = dataset.splits["val"].load_tokens()
+    ctx = single_process(torch.device("cpu"))
+    cfg = config_from_dict(TrainConfig, ckpt.config)
+    val = load_validation_set(open_dataset(args.data), None, cfg.vocab_size, 1, ctx.device)
     train_loops = ckpt.config["num_loops"]
     loop_counts = sorted({1, train_loops, 2 * train_loops, 3 * train_loops})
-    print(f"run {args.run} step {ckpt.step}; trained with num_loops={train_loops}; {val.size:,} validation tokens")
+    print(f"run {args.run} step {ckpt.step}; trained with num_loops={train_loops}; {val.tokens.size:,} validation "
+          "tokens")
     print(f"{'weights':<8} {'loops':>5} {'val_bpb':>8} {'seconds':>8}")
     for weights in ("ema", "model"):
         for loops in loop_counts:
-            # eval_loops sizes the U-Net skip weights; rebuild with it set to the loop count scored.
-            cfg = config_from_dict(TrainConfig, {**ckpt.config, "eval_loops": max(loops, ckpt.config["eval_loops"])})
-            model = GPT(cfg.model_config())
-            model.load_state_dict(_fit_skips(ckpt.tensors[weights], model))
+            model = GPT(cfg.model_config())  # parameter shapes do not depend on the loop count scored
+            model.load_state_dict(ckpt.tensors[weights])
             start = time.perf_counter()
-            result = plain_validation(model, val, tables, cfg.train_seq_len, 64, ctx, loops)
+            result = score_plain(model, val.tokens, val.tables, cfg.train_seq_len, ctx, loops)
             print(f"{weights:<8} {loops:>5} {result.bpb:>8.4f} {time.perf_counter() - start:>8.1f}")
-
-
-def _fit_skips(tensors: dict[str, torch.Tensor], model: GPT) -> dict[str, torch.Tensor]:
-    """Loop counts beyond the trained ones need more skip weights than were trained: pad with the
-    initial value (1.0), which is what an untrained skip weight would hold."""
-    tensors = dict(tensors)
-    if model.skip_weights is not None and "skip_weights" in tensors:
-        trained = tensors["skip_weights"]
-        padded = torch.ones_like(model.skip_weights)
-        padded[: trained.size(0)] = trained[: padded.size(0)]
-        tensors["skip_weights"] = padded
-    return tensors
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ from golfctl.loader import TrainBatches
 from golfctl.model import GPT, model_flops_per_token, parameter_groups
 from golfctl.optim import build_optimizers, lr_multiplier
 from golfctl.provenance import device_name
-from golfctl.validation import autocast
+from golfctl.precision import autocast
 from stages.tokenize import TokenizeConfig, run_tokenize
 
 PARTS = ("data", "forward", "backward", "optimizer")

@@ -1,4 +1,4 @@
-"""GPTQ calibration: Hessians H = Σ xᵀx of the inputs of every block matrix and of the tied head.
+"""GPTQ calibration: Hessians H = Σ xᵀx of the input of every quantized parameter (its `Role`).
 
 Forward hooks see every application of a block, so a looped block's Hessian sums over all its
 applications at the evaluation depth. The tied embedding is quantized as the output head, so
@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch import nn
 
 from golfctl.dataset import Split
 from golfctl.gptq import HessianAccumulator
 from golfctl.loader import TokenStream
-from golfctl.model import GPT
-
-EMBEDDING = "tok_emb.weight"
+from golfctl.model import GPT, ROLES, parameter_roles
 
 
 def calibration_batches(split: Split, batches: int, batch_seqs: int, seq_len: int) -> list[torch.Tensor]:
@@ -34,18 +31,19 @@ def calibration_batches(split: Split, batches: int, batch_seqs: int, seq_len: in
 
 @torch.no_grad()
 def collect_hessians(model: GPT, batches: list[torch.Tensor], loops: int) -> dict[str, torch.Tensor]:
-    """Hessian per quantized weight name: every block nn.Linear weight and the tied embedding."""
+    """Hessian per quantized parameter name (`Role.quantized`)."""
     accumulators: dict[str, HessianAccumulator] = {}
     handles = []
 
     def record(name: str, x: torch.Tensor) -> None:
         accumulators.setdefault(name, HessianAccumulator()).add(x.detach().float())
 
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear) and name.startswith("blocks."):
-            handles.append(module.register_forward_pre_hook(
-                lambda m, args, name=f"{name}.weight": record(name, args[0])))
-    handles.append(model.final_norm.register_forward_hook(lambda m, args, out: record(EMBEDDING, out)))
+    for name, role in parameter_roles(model).items():
+        if role == ROLES["embed"]:  # used as the head: its input is the final norm's output
+            handles.append(model.final_norm.register_forward_hook(lambda m, args, out, name=name: record(name, out)))
+        elif role.quantized:  # a Linear weight: its input is the Linear's input
+            linear = model.get_submodule(name.removesuffix(".weight"))
+            handles.append(linear.register_forward_pre_hook(lambda m, args, name=name: record(name, args[0])))
     was_training = model.training
     model.eval()
     try:

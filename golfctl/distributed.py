@@ -1,19 +1,38 @@
-"""The one module that touches `torch.distributed`.
+"""Every collective golfctl uses, and the one module that touches `torch.distributed`.
 
 The same entry runs under `torchrun` or as a plain process: `init_distributed` reads the
 torchrun environment (RANK, WORLD_SIZE, LOCAL_RANK, plus MASTER_ADDR/MASTER_PORT for the
 rendezvous) when it is called, never at import, and without it is a single process of world
-size 1. Every collective here is a no-op when no process group is initialised, so callers
-need no `if distributed` branches.
+size 1. Every collective is a no-op without a process group, so callers need no
+`if distributed` branches.
+
+Failing fast. A rank that raises must not leave the others waiting for a timeout (NCCL's is
+30 minutes):
+- work that only rank 0 does (writing a file) goes through `on_main`, whose outcome every rank
+  learns in the same collective: if rank 0 failed, every rank raises at once;
+- a rank that raises anywhere else leaves the process group without waiting (`shutdown(meet=False)`);
+  a peer blocked in a collective then sees its connection close, and the collective raises
+  `PeerFailed`, a one-line user error that points at the failing rank's own `Error:` line.
+  (Under torchrun the agent also stops the remaining workers as soon as one exits.)
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+
+from golfctl.errors import UserError
+
+T = TypeVar("T")
+
+
+class PeerFailed(UserError):
+    """Another rank stopped; its own `Error:` line (or traceback) says why."""
 
 
 @dataclass(frozen=True)
@@ -33,6 +52,11 @@ class DistContext:
         return self.world_size > 1
 
 
+def single_process(device: torch.device) -> DistContext:
+    """The context of a plain process on `device` (stages that never run under torchrun)."""
+    return DistContext(rank=0, world_size=1, local_rank=0, device=device)
+
+
 def init_distributed() -> DistContext:
     """Read the torchrun environment, pick the device and, for several ranks, join the process group."""
     rank = int(os.environ.get("RANK", "0"))
@@ -50,32 +74,51 @@ def init_distributed() -> DistContext:
     return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
 
 
-def shutdown(ctx: DistContext, meet: bool = True) -> None:
-    """Leave the process group. After success, `meet` first: a rank that tears gloo down while a
-    peer is still in its last collective aborts the peer. After an error, peers may never
-    arrive, so a failing rank leaves without waiting."""
-    if ctx.enabled and _initialized():
-        if meet:
-            dist.barrier()
-        dist.destroy_process_group()
+def run_distributed(work: Callable[[DistContext], T]) -> T:
+    """Run `work` on this rank's context; leave the process group however it ends.
+
+    After success the ranks meet first: a rank that tears gloo down while a peer is still in its
+    last collective aborts the peer. After an error, peers may never arrive, so a failing rank
+    leaves without waiting, which is what wakes a peer blocked in a collective."""
+    ctx = init_distributed()
+    try:
+        result = work(ctx)
+    except BaseException:
+        _leave(ctx, meet=False)
+        raise
+    _leave(ctx, meet=True)
+    return result
 
 
-def barrier(ctx: DistContext) -> None:
-    if ctx.enabled and _initialized():
-        dist.barrier()
+def on_main(ctx: DistContext, work: Callable[[], T], what: str) -> T | None:
+    """Rank 0 runs `work` (say, writing a file) while the others wait; every rank learns the outcome
+    in one collective, so when rank 0 fails the others raise too instead of waiting in a barrier.
+    Returns rank 0's result on rank 0, None elsewhere."""
+    result, error = None, None
+    if ctx.is_main:
+        try:
+            result = work()
+        except Exception as exc:  # re-raised below, after the peers have been told
+            error = exc
+    failed, = all_reduce_float64([float(error is not None)], ctx)
+    if error is not None:
+        raise error
+    if failed:
+        raise PeerFailed(f"rank 0 failed while {what} (its Error: line says why); rank {ctx.rank} stopped too")
+    return result
 
 
 def all_reduce_sum_(tensor: torch.Tensor) -> torch.Tensor:
     """Sum `tensor` over all ranks in place; unchanged without a process group."""
     if _initialized():
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        _collective("all_reduce", lambda: dist.all_reduce(tensor, op=dist.ReduceOp.SUM))
     return tensor
 
 
 def broadcast_(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
     """Overwrite `tensor` in place with rank `src`'s copy; unchanged without a process group."""
     if _initialized():
-        dist.broadcast(tensor, src=src)
+        _collective("broadcast", lambda: dist.broadcast(tensor, src=src))
     return tensor
 
 
@@ -90,11 +133,57 @@ def all_reduce_float64(values: list[float], ctx: DistContext) -> list[float]:
     return all_reduce_sum_(tensor).tolist()
 
 
+def mean_over_ranks(value: float, ctx: DistContext) -> float:
+    """The mean of one number over ranks (ranks agree on time and logged losses this way)."""
+    total, = all_reduce_float64([value], ctx)
+    return total / ctx.world_size
+
+
+def all_reduce_gradients(params: Sequence[torch.nn.Parameter], ctx: DistContext, mean: bool) -> None:
+    """Sum (or average, with `mean`) the gradients of `params` over ranks in one flat all-reduce.
+
+    Parameters without a gradient are skipped, so every rank must have the same ones set (they
+    run the same graph)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not ctx.enabled or not grads:
+        return
+    flat = all_reduce_sum_(torch.cat([g.reshape(-1) for g in grads]))  # (Σ numel,)
+    if mean:
+        flat /= ctx.world_size
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def share(items: Sequence[T], ctx: DistContext) -> Sequence[T]:
+    """This rank's contiguous slice of `items`; sizes differ by at most one, and some may be empty."""
+    n = len(items)
+    return items[n * ctx.rank // ctx.world_size: n * (ctx.rank + 1) // ctx.world_size]
+
+
 def rank_and_world_size() -> tuple[int, int]:
     """(rank, world size) of the initialised process group, or (0, 1) without one."""
     if _initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def _leave(ctx: DistContext, meet: bool) -> None:
+    if ctx.enabled and _initialized():
+        if meet:
+            _collective("barrier", dist.barrier)
+        dist.destroy_process_group()
+
+
+def _collective(name: str, call: Callable[[], object]) -> None:
+    """Run one collective; a peer that went away becomes a `PeerFailed` user error, not a traceback."""
+    try:
+        call()
+    except RuntimeError as exc:  # gloo: "Connection closed by peer"; NCCL: a communicator error
+        detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise PeerFailed(f"{name} across ranks failed ({detail}); another rank has probably stopped, "
+                         "and its Error: line says why") from None
 
 
 def _initialized() -> bool:

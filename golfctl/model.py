@@ -4,11 +4,19 @@ Shape names: B batch, T sequence, H query heads, K key/value heads, D head_dim, 
 
 The network runs a *virtual layer sequence* of physical block indices (`layer_sequence`), so a
 block can be applied several times (depth recurrence) without adding parameters. U-Net skips
-connect the first half of that sequence to the second half in reverse order. Parameters stay
-float32; on CUDA the caller wraps the forward in `torch.autocast(bfloat16)`.
+connect the first half of that sequence to the second half in reverse order (`GPT.forward`).
+Parameter shapes follow from the architecture alone, never from evaluation settings, so any
+state dict loads into a model built with any `eval_loops`. Parameters stay float32; on CUDA the
+caller wraps the forward in `torch.autocast(bfloat16)`.
+
+`parameter_roles` is the one place that decides what a parameter is (its `Role`): its optimizer
+group, whether the quantizer puts it on an integer grid, its quantization report group and its
+test-time-training parameter set.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -31,11 +39,12 @@ def layer_sequence(cfg: ModelConfig, loops: int) -> list[int]:
     return list(range(cfg.loop_start)) + looped * loops + list(range(cfg.loop_end + 1, cfg.num_layers))
 
 
-def max_skips(cfg: ModelConfig) -> int:
-    """Rows of `skip_weights`: enough for every loop count the model is run with (1, train, eval)."""
+def skip_rows(cfg: ModelConfig) -> int:
+    """Rows of `skip_weights`: the U-Net pairs at the training depth (num_loops is architecture;
+    eval_loops is not, so it never changes a shape). Fewer loops need fewer pairs."""
     if not cfg.unet_skips:
         return 0
-    return max(len(layer_sequence(cfg, n)) // 2 for n in {1, cfg.num_loops, cfg.resolved_eval_loops})
+    return len(layer_sequence(cfg, cfg.num_loops)) // 2
 
 
 def norm(x: torch.Tensor) -> torch.Tensor:
@@ -161,25 +170,31 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, parallel=0 <= cfg.parallel_start <= i) for i in range(cfg.num_layers))
         self.rotary = Rotary(cfg.rope_dims or cfg.head_dim, cfg.rope_base)
         self.final_norm = FinalNorm()
-        n_skips = max_skips(cfg)
+        n_skips = skip_rows(cfg)
         self.skip_weights = nn.Parameter(torch.ones(n_skips, cfg.model_dim)) if n_skips else None
 
     def forward(self, input_ids: torch.Tensor, target_ids: torch.Tensor | None = None, loops: int | None = None,
                 reduction: str = "mean") -> torch.Tensor:
-        """Logits (B, T, V) in float32, or the float32 cross-entropy: a scalar mean, or (B, T) for "none"."""
+        """Logits (B, T, V) in float32, or the float32 cross-entropy: a scalar mean, or (B, T) for "none".
+
+        U-Net skips, for any `loops`: the sequence splits at half = len(sequence) // 2, and the
+        innermost pairs = min(half, rows of skip_weights) pairs connect: encoder application
+        half-1-j feeds decoder application half+j through row j, j = 0..pairs-1. Row j is thus
+        always the j-th pair from the middle, whatever the loop count. Up to the training depth
+        every encoder application has a pair; deeper runs (eval_loops > num_loops) leave the
+        outermost encoder applications without one rather than invent untrained rows.
+        """
         sequence = layer_sequence(self.cfg, self.cfg.num_loops if loops is None else loops)
-        n_encoder = len(sequence) // 2 if self.skip_weights is not None else 0
-        if self.skip_weights is not None and n_encoder > self.skip_weights.size(0):
-            raise ValueError(f"{len(sequence)} layer applications need {n_encoder} skip weights; "
-                             f"the model has {self.skip_weights.size(0)} (sized for loops 1, num_loops, eval_loops)")
+        half = len(sequence) // 2
+        pairs = min(half, self.skip_weights.size(0)) if self.skip_weights is not None else 0
         cos, sin = self.rotary(input_ids.size(1), input_ids.device)  # (T, rope_dims/2) each
         x = x0 = norm(self.tok_emb(input_ids))  # (B, T, d)
         skips = []
         for i, layer in enumerate(sequence):
-            if i >= n_encoder and skips:
-                x = x + self.skip_weights[i - n_encoder] * skips.pop()
+            if half <= i < half + pairs:
+                x = x + self.skip_weights[i - half] * skips.pop()
             x = self.blocks[layer](x, x0, cos, sin)
-            if i < n_encoder:
+            if half - pairs <= i < half:
                 skips.append(x)
         logits = F.linear(self.final_norm(x), self.tok_emb.weight).float()  # (B, T, V), tied head
         c = self.cfg.logit_softcap
@@ -190,24 +205,55 @@ class GPT(nn.Module):
         return loss.view(target_ids.shape) if reduction == "none" else loss
 
 
+@dataclass(frozen=True)
+class Role:
+    """What a parameter is, for every stage that treats parameters differently."""
+
+    name: str  # the quantization report group and the TTT parameter set: "mlp", "attn", "scalar" or "embed"
+    optimizer: str  # "embed" (AdamW at embed_lr), "matrix" (Muon at matrix_lr) or "scalar" (AdamW at scalar_lr)
+    quantized: bool  # integers on a per-row grid; False: a control tensor, stored as float16
+
+
+# in the order the TTT parameter sets are listed
+ROLES = {role.name: role for role in (
+    Role("mlp", optimizer="matrix", quantized=True),  # the Linear weights of a block's MLP
+    Role("attn", optimizer="matrix", quantized=True),  # the Linear weights of a block's attention
+    Role("scalar", optimizer="scalar", quantized=False),  # gains, scales, residual mixes, skip weights
+    Role("embed", optimizer="embed", quantized=True),  # the tied embedding, also the output head
+)}
+TTT_PARAM_SETS = ("all", *ROLES)  # what `ttt_parameters` selects from
+
+
+def parameter_roles(model: GPT) -> dict[str, Role]:
+    """Every parameter name → its Role, in `named_parameters` order; the only place that decides it."""
+    matrices: dict[str, Role] = {}  # the weight of every Linear inside an attention or an MLP
+    for owner_name, owner in model.named_modules():
+        if isinstance(owner, (CausalSelfAttention, MLP)):
+            role = ROLES["attn"] if isinstance(owner, CausalSelfAttention) else ROLES["mlp"]
+            matrices.update((f"{owner_name}.{name}.weight", role)
+                            for name, child in owner.named_children() if isinstance(child, nn.Linear))
+    return {name: ROLES["embed"] if p is model.tok_emb.weight else matrices.get(name, ROLES["scalar"])
+            for name, p in model.named_parameters()}
+
+
 def parameter_groups(model: GPT) -> dict[str, list[tuple[str, nn.Parameter]]]:
-    """Optimizer groups: "embed" (tied embedding, Adam), "matrix" (block Linear weights, Muon), "scalar" (Adam)."""
-    matrix_names = {f"{name}.weight" for name, m in model.named_modules()
-                    if isinstance(m, nn.Linear) and name.startswith("blocks.")}
-    groups: dict[str, list[tuple[str, nn.Parameter]]] = {"embed": [], "matrix": [], "scalar": []}
+    """Optimizer group ("embed", "matrix", "scalar") → its (name, parameter) pairs, in `named_parameters` order."""
+    roles = parameter_roles(model)
+    groups: dict[str, list[tuple[str, nn.Parameter]]] = {}
     for name, p in model.named_parameters():
-        key = "embed" if name == "tok_emb.weight" else "matrix" if name in matrix_names else "scalar"
-        groups[key].append((name, p))
+        groups.setdefault(roles[name].optimizer, []).append((name, p))
     return groups
 
 
-def parameter_roles(model: GPT) -> dict[str, str]:
-    """Each parameter name → "embed", "attn" or "mlp" (block matrices), or "scalar" (control tensors)."""
-    roles = {}
-    for group, named in parameter_groups(model).items():
-        for name, _ in named:
-            roles[name] = ("mlp" if ".mlp." in name else "attn") if group == "matrix" else group
-    return roles
+def ttt_parameters(model: GPT, selection: str) -> list[nn.Parameter]:
+    """The parameters test-time training updates: `selection` is a comma-separated subset of
+    TTT_PARAM_SETS, each a role name, or "all". Raises ValueError for an empty or unknown one."""
+    wanted = {s.strip() for s in selection.split(",") if s.strip()}
+    if not wanted or not wanted <= set(TTT_PARAM_SETS):
+        raise ValueError(f"TTT parameter selection {selection!r}: choose from {', '.join(TTT_PARAM_SETS)} "
+                         "(comma-separated)")
+    roles = parameter_roles(model)
+    return [p for name, p in model.named_parameters() if "all" in wanted or roles[name].name in wanted]
 
 
 def model_flops_per_token(cfg: ModelConfig, seq_len: int, loops: int) -> float:

@@ -1,10 +1,11 @@
 """Optimisers and schedules: Muon for block matrices, AdamW for the rest, one LR multiplier.
 
-Three parameter groups, each with its own optimiser (`build_optimizers`):
+Three parameter groups, each with its own optimiser (`build_optimizers`); which parameter goes
+into which is its `Role.optimizer` (golfctl.model.parameter_roles decides):
 
-- ``embed``: the tied embedding, AdamW at `embed_lr`;
-- ``matrix``: 2-D block matrices, Muon at `matrix_lr`;
-- ``scalar``: vectors and control tensors, AdamW at `scalar_lr`.
+- ``embed``: AdamW at `embed_lr`;
+- ``matrix``: Muon at `matrix_lr` (it orthogonalises 2-D updates);
+- ``scalar``: AdamW at `scalar_lr`.
 
 Checkpoint state is flat named tensors (`Optimizers.state_tensors`), so it goes into a
 safetensors file next to the weights with no pickle. Keys, all under `STATE_PREFIX`:

@@ -1,30 +1,34 @@
-"""Plain validation: loss and BPB over non-overlapping windows, all ranks taking part."""
+"""The validation split as every stage scores it: tokens and byte tables, checked before any work.
+
+`load_validation_set` refuses, in the first seconds, a tokenizer that is not the dataset's, a
+vocabulary that is not the model's, a token id outside the vocabulary, and byte tables that do
+not give the split's recorded byte count (the decoded text's UTF-8 length): each of these
+would otherwise surface only after minutes of scoring, or never.
+"""
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
-from golfctl.bpb import ByteTables, TorchByteTables, bits_per_byte
+from golfctl.bpb import ByteTables, TorchByteTables
 from golfctl.dataset import Dataset, open_dataset
-from golfctl.distributed import DistContext, all_reduce_float64
+from golfctl.distributed import single_process
 from golfctl.errors import UserError
 from golfctl.fileio import sha256_file
+from golfctl.scoring import Sums, score_plain
 from golfctl.tokenizer import load_tokenizer
 from golfctl.weights import Weights, build_model
-
-VAL_BATCH_TOKENS = 131_072  # tokens per validation forward
 
 
 @dataclass(frozen=True)
 class ValidationSet:
     tokens: np.ndarray  # the whole validation stream (uint16)
     tables: TorchByteTables
+    tokenizer: Path  # the .model file the tables come from
 
 
 def load_validation_set(dataset: Dataset, tokenizer: Path | None, vocab_size: int, min_tokens: int,
@@ -37,63 +41,30 @@ def load_validation_set(dataset: Dataset, tokenizer: Path | None, vocab_size: in
     if dataset.tokenizer_sha256 is not None and sha256_file(path) != dataset.tokenizer_sha256:
         raise UserError(f"tokenizer {path} is not the one {dataset.root} was tokenized with (sha256 differs)")
     if sp.vocab_size() != vocab_size:
-        raise UserError(f"config vocab_size {vocab_size} does not match the tokenizer's {sp.vocab_size()}; "
+        raise UserError(f"the model's vocab_size {vocab_size} does not match the tokenizer's {sp.vocab_size()}; "
                         f"use --set vocab_size={sp.vocab_size()} or a matching dataset")
-    val = dataset.splits["val"]
-    if val.tokens <= min_tokens:
-        raise UserError(f"{dataset.root} has {val.tokens:,} validation tokens, not enough for one window of "
+    split = dataset.splits["val"]
+    if split.tokens <= min_tokens:
+        raise UserError(f"{dataset.root} has {split.tokens:,} validation tokens, not enough for one window of "
                         f"{min_tokens}; tokenize with more --val-docs")
-    return ValidationSet(val.load_tokens(), TorchByteTables(ByteTables.from_tokenizer(sp), device))
+    tokens = split.load_tokens()
+    top = int(tokens.max())
+    if top >= vocab_size:
+        raise UserError(f"{dataset.root}'s validation shards hold token id {top}, outside the vocabulary of "
+                        f"{vocab_size}; the shards were made with another tokenizer: retokenize or pass the right "
+                        "--tokenizer")
+    tables = ByteTables.from_tokenizer(sp)
+    counted = tables.stream_bytes(tokens)
+    if split.bytes is not None and counted != split.bytes:
+        raise UserError(f"tokenizer {path} counts {counted:,} bytes in {dataset.root}'s validation split, whose text "
+                        f"has {split.bytes:,}: the shards were made with another tokenizer; retokenize or pass the "
+                        "right --tokenizer")
+    return ValidationSet(tokens, TorchByteTables(tables, device), path)
 
 
-@dataclass(frozen=True)
-class ValResult:
-    loss: float  # mean nll in nats per token
-    bpb: float
-    tokens: int
-    bytes: int
-
-
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA; plain fp32 elsewhere (bf16 matmuls are far slower on CPUs)."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-@torch.no_grad()
-def plain_validation(model: nn.Module, tokens: np.ndarray, tables: TorchByteTables, seq_len: int,
-                     batch_seqs: int, ctx: DistContext, loops: int) -> ValResult:
-    """Score every full window of `seq_len` targets; ranks take disjoint ranges of windows."""
-    n_seqs = (tokens.size - 1) // seq_len
-    if n_seqs < 1:
-        raise ValueError(f"validation split has {tokens.size} tokens, fewer than one window of {seq_len} + 1")
-    first, last = n_seqs * ctx.rank // ctx.world_size, n_seqs * (ctx.rank + 1) // ctx.world_size
-    was_training = model.training
-    model.eval()
-    nll = torch.zeros((), dtype=torch.float64, device=ctx.device)
-    n_bytes = torch.zeros((), dtype=torch.float64, device=ctx.device)
-    for seq in range(first, last, batch_seqs):
-        count = min(batch_seqs, last - seq)
-        window = torch.from_numpy(tokens[seq * seq_len: (seq + count) * seq_len + 1].astype(np.int64))
-        window = window.to(ctx.device)
-        x, y = window[:-1].view(count, seq_len), window[1:].view(count, seq_len)
-        with autocast(ctx.device):
-            losses = model(x, y, loops=loops, reduction="none")  # (count, seq_len)
-        nll += losses.double().sum()
-        n_bytes += tables.target_bytes(x, y).double().sum()
-    model.train(was_training)
-    total_nll, total_bytes = all_reduce_float64([nll.item(), n_bytes.item()], ctx)
-    total_tokens = n_seqs * seq_len
-    return ValResult(total_nll / total_tokens, bits_per_byte(total_nll, int(total_bytes)), total_tokens,
-                     int(total_bytes))
-
-
-
-def score_weights(weights: Weights, data: Path, tokenizer: Path | None, device: torch.device) -> ValResult:
-    """Plain validation BPB of `weights` at their evaluation depth, in one process."""
+def score_weights(weights: Weights, data: Path, tokenizer: Path | None, device: torch.device) -> Sums:
+    """The plain score (golfctl/scoring.py) of `weights` at their evaluation depth, in one process."""
     config = weights.config
-    val = load_validation_set(open_dataset(data), tokenizer, config.vocab_size, config.train_seq_len, device)
-    ctx = DistContext(rank=0, world_size=1, local_rank=0, device=device)
-    return plain_validation(build_model(weights, device), val.tokens, val.tables, config.train_seq_len,
-                            max(1, VAL_BATCH_TOKENS // config.train_seq_len), ctx, config.resolved_eval_loops)
+    val = load_validation_set(open_dataset(data), tokenizer, config.vocab_size, 1, device)
+    return score_plain(build_model(weights, device), val.tokens, val.tables, config.train_seq_len,
+                       single_process(device), config.resolved_eval_loops)

@@ -7,7 +7,7 @@ non-overlapping windows at the model's evaluation depth) and printed side by sid
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -21,19 +21,26 @@ from golfctl.weights import load_weights, save_model_file
 
 @dataclass(frozen=True)
 class EmaFinalizeConfig:
-    checkpoint: Path
-    out: Path
-    raw: bool = False  # export the raw weights instead of the EMA
-    compare: bool = False  # score raw and EMA weights on the validation split (needs `data`)
-    data: Path | None = None
-    tokenizer: Path | None = None
+    checkpoint: Path = field(metadata={"argument": True})
+    out: Path = field(metadata={"help": "Model file to write (final.safetensors)."})
+    raw: bool = field(default=False, metadata={"help": "Export the raw weights instead of the EMA."})
+    compare: bool = field(default=False, metadata={
+        "help": "Score raw and EMA weights on the validation split (needs --data)."})
+    data: Path | None = field(default=None, metadata={"help": "Dataset folder, for --compare."})
+    tokenizer: Path | None = field(default=None, metadata={"help": "Tokenizer .model for datasets that carry none."})
+
+    def problems(self) -> list[str]:
+        if self.compare and self.data is None:
+            return ["--compare scores the weights on the validation split: pass --data DIR"]
+        return []
 
 
 def run_ema_finalize(cfg: EmaFinalizeConfig) -> dict:
+    problems = cfg.problems()
+    if problems:
+        raise UserError("; ".join(problems))
     if read_metadata(cfg.checkpoint).get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{cfg.checkpoint} is not a training checkpoint; pass RUNDIR/ckpt.safetensors")
-    if cfg.compare and cfg.data is None:
-        raise UserError("--compare scores the weights on the validation split: pass --data DIR")
     weights = load_weights(cfg.checkpoint, raw=cfg.raw)
     device = torch.device("cpu")
     save_model_file(cfg.out, weights, provenance(device, 1))

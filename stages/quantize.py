@@ -2,9 +2,9 @@
 
 1. Calibrate: Hessians of every block matrix's input and of the tied head's input over
    training tokens, at the model's evaluation depth (collected once).
-2. Quantize every 2-D weight matrix with per-row SDClip scales (block matrices `bits` with
-   `clip_sigmas`, the tied embedding `embed_bits` with `embed_clip_sigmas`), by GPTQ or RTN;
-   control tensors and vectors stay float16.
+2. Quantize every parameter whose `Role` (golfctl.model.parameter_roles) is quantized, with
+   per-row SDClip scales (block matrices `bits` with `clip_sigmas`, the tied embedding
+   `embed_bits` with `embed_clip_sigmas`), by GPTQ or RTN; control tensors stay float16.
 3. Entropy-code the integers (`codec`), write the artifact, check artifact + code bytes
    against the budget. `fit` bisects the matrix clip_sigmas on the real compressed size for
    the smallest value (finest grid) that fits.
@@ -23,37 +23,46 @@ import torch
 
 from golfctl.artifact import Float16Tensor, QuantizedTensor, decode_artifact, encode_artifact, write_artifact
 from golfctl.budget import DEFAULT_BUDGET, Budget, OverBudget, budget_for, code_files
-from golfctl.calibration import EMBEDDING, calibration_batches, collect_hessians
+from golfctl.calibration import calibration_batches, collect_hessians
 from golfctl.codec import CODECS, entropy_bound_bytes
 from golfctl.dataset import open_dataset
 from golfctl.errors import UserError
 from golfctl.gptq import dequantize, output_error, quantize_gptq, quantize_rtn, sdclip_scales, weight_error
-from golfctl.model import parameter_roles
+from golfctl.model import ROLES, Role, parameter_roles
 from golfctl.validation import score_weights
 from golfctl.weights import Weights, build_model, load_weights
 
 METHODS = ("gptq", "rtn")
 FIT_RANGE = (2.0, 64.0)  # matrix clip_sigmas searched by --fit
 FIT_PROBES = 8  # bisection steps: the choice is within (range / 2**8) of the smallest fitting value
+PASSTHROUGH = "fp16"  # the report group of the tensors stored as float16
+REPORT_GROUPS = (*(role.name for role in ROLES.values() if role.quantized), PASSTHROUGH)  # report row order
 
 
 @dataclass(frozen=True)
 class QuantizeConfig:
-    model: Path
-    data: Path
-    out: Path
-    method: str = "gptq"
-    bits: int = 6
-    embed_bits: int = 8
-    clip_sigmas: float = 12.85
-    embed_clip_sigmas: float = 20.0
-    budget: int = DEFAULT_BUDGET
-    fit: bool = False
-    codec: str = "ans"
-    calib_batches: int = 16
-    calib_batch_seqs: int = 8
-    evaluate: bool = False  # also score dequantized vs unquantized weights (plain BPB)
-    tokenizer: Path | None = None
+    model: Path = dataclasses.field(metadata={"argument": True})
+    data: Path = dataclasses.field(metadata={
+        "help": "Dataset folder: calibration reads its training tokens (and --eval its validation tokens)."})
+    out: Path = dataclasses.field(metadata={"help": "Artifact to write (artifact.bin)."})
+    method: str = dataclasses.field(default="gptq", metadata={
+        "choices": METHODS, "help": "GPTQ (error feedback through calibration Hessians) or round to nearest."})
+    bits: int = dataclasses.field(default=6, metadata={"help": "Bits of the block matrices."})
+    embed_bits: int = dataclasses.field(default=8, metadata={"help": "Bits of the tied embedding."})
+    clip_sigmas: float = dataclasses.field(default=12.85, metadata={
+        "help": "SDClip k of the block matrices: row scale = k·std(row)/qmax."})
+    embed_clip_sigmas: float = dataclasses.field(default=20.0, metadata={"help": "SDClip k of the embedding."})
+    budget: int = dataclasses.field(default=DEFAULT_BUDGET, metadata={"help": "Bytes for artifact + code."})
+    fit: bool = dataclasses.field(default=False, metadata={
+        "help": "Bisect --clip-sigmas for the finest grid that fits the budget."})
+    codec: str = dataclasses.field(default="ans", metadata={
+        "choices": tuple(CODECS), "help": "Entropy coder of the quantized integers."})
+    calib_batches: int = dataclasses.field(default=16, metadata={"help": "Calibration batches of training tokens."})
+    calib_batch_seqs: int = dataclasses.field(default=8, metadata={"help": "Sequences per calibration batch."})
+    evaluate: bool = dataclasses.field(default=False, metadata={
+        "option": "eval", "help": "Also report validation BPB before and after quantization."})
+    tokenizer: Path | None = dataclasses.field(default=None, metadata={
+        "help": "Tokenizer .model for datasets that carry none (with --eval)."})
 
     def problems(self) -> list[str]:
         p = []
@@ -72,7 +81,7 @@ class QuantizeConfig:
 @dataclass
 class TensorReport:
     name: str
-    group: str  # "attn", "mlp", "embed" or "fp16"
+    group: str  # one of REPORT_GROUPS
     bits: int
     count: int
     entropy_bytes: float
@@ -85,7 +94,7 @@ class Quantized:
     clip_sigmas: float
     data: bytes
     reports: list[TensorReport]
-    coded_bytes: dict[str, int]  # group → payload bytes of its coded integers (raw values for fp16)
+    coded_bytes: dict[str, int]  # group → payload bytes of its coded integers (raw values for PASSTHROUGH)
     scale_bytes: dict[str, int]  # group → payload bytes of its fp16 row scales
 
 
@@ -107,7 +116,7 @@ def run_quantize(cfg: QuantizeConfig) -> dict:
     hessians = collect_hessians(model, batches, loops=weights.config.resolved_eval_loops)
     _say(f"quantize: calibrated {len(hessians)} Hessians on {sum(b.numel() for b in batches):,} training tokens "
          f"in {time.perf_counter() - start:.1f}s")
-    make = functools.partial(_quantize, weights, hessians, _quantized_names(model), cfg)  # clip_sigmas → Quantized
+    make = functools.partial(_quantize, weights, hessians, parameter_roles(model), cfg)  # clip_sigmas → Quantized
     result = _fit(make, cfg) if cfg.fit else make(cfg.clip_sigmas)
     budget = budget_for(len(result.data), cfg.budget)
     _report(result, budget)
@@ -121,28 +130,28 @@ def run_quantize(cfg: QuantizeConfig) -> dict:
     summary = {"out": str(cfg.out), "artifact_bytes": len(result.data), "code_bytes": budget.code_bytes,
                "total_bytes": budget.total, "clip_sigmas": result.clip_sigmas,
                "tensors": {r.name: {"bits": r.bits, "weight_error": r.weight_error, "output_error": r.output_error}
-                           for r in result.reports if r.group != "fp16"}}
+                           for r in result.reports if r.group != PASSTHROUGH}}
     if cfg.evaluate:
         summary.update(_evaluate(weights, cfg))
     return summary
 
 
-def _quantized_names(model) -> dict[str, str]:
-    """Every 2-D weight matrix → its report group; everything else is passed through as fp16."""
-    return {name: role for name, role in parameter_roles(model).items() if role != "scalar"}
+def _report_group(role: Role) -> str:
+    return role.name if role.quantized else PASSTHROUGH
 
 
-def _quantize(weights: Weights, hessians: dict[str, torch.Tensor], groups: dict[str, str], cfg: QuantizeConfig,
+def _quantize(weights: Weights, hessians: dict[str, torch.Tensor], roles: dict[str, Role], cfg: QuantizeConfig,
               clip_sigmas: float) -> Quantized:
     tensors, reports = [], []
     for name, tensor in weights.state.items():
         W = tensor.detach().float()
-        if name not in groups:
+        role = roles[name]
+        if not role.quantized:
             values = W.half().numpy()
             tensors.append(Float16Tensor(name, tuple(W.shape), values))
-            reports.append(TensorReport(name, "fp16", 16, W.numel(), 2.0 * W.numel()))
+            reports.append(TensorReport(name, PASSTHROUGH, 16, W.numel(), 2.0 * W.numel()))
             continue
-        embed = groups[name] == "embed"
+        embed = role == ROLES["embed"]
         bits = cfg.embed_bits if embed else cfg.bits
         H = hessians[name].to(W.device)
         scales = sdclip_scales(W, bits, cfg.embed_clip_sigmas if embed else clip_sigmas)
@@ -150,23 +159,23 @@ def _quantize(weights: Weights, hessians: dict[str, torch.Tensor], groups: dict[
         W_hat = dequantize(q, scales)
         q_np = q.cpu().numpy()
         tensors.append(QuantizedTensor(name, tuple(W.shape), bits, q_np, scales.half().cpu().numpy()))
-        reports.append(TensorReport(name, groups[name], bits, W.numel(), entropy_bound_bytes(q_np),
+        reports.append(TensorReport(name, role.name, bits, W.numel(), entropy_bound_bytes(q_np),
                                     weight_error(W, W_hat), output_error(W, W_hat, H)))
     source = {"model_sha256": weights.sha256, "weights": weights.kind}
     meta = {"method": cfg.method, "bits": cfg.bits, "embed_bits": cfg.embed_bits, "clip_sigmas": clip_sigmas,
             "embed_clip_sigmas": cfg.embed_clip_sigmas}
     data = encode_artifact(tensors, cfg.codec, dataclasses.asdict(weights.config), source, meta)
-    coded, scales = _payload_bytes(data, groups)
+    coded, scales = _payload_bytes(data, roles)
     return Quantized(clip_sigmas, data, reports, coded, scales)
 
 
-def _payload_bytes(data: bytes, groups: dict[str, str]) -> tuple[dict[str, int], dict[str, int]]:
+def _payload_bytes(data: bytes, roles: dict[str, Role]) -> tuple[dict[str, int], dict[str, int]]:
     """Coded and scale bytes per report group, read back from the artifact (proving it decodes)."""
     artifact = decode_artifact(data, "the new artifact")
     coded: dict[str, int] = {}
     scales: dict[str, int] = {}
     for name, size in artifact.stored_bytes.items():
-        group = groups.get(name, "fp16")
+        group = _report_group(roles[name])
         tensor = artifact.tensors[name]
         scale = tensor.scales.nbytes if isinstance(tensor, QuantizedTensor) else 0
         coded[group] = coded.get(group, 0) + size - scale
@@ -208,13 +217,13 @@ def _report(result: Quantized, budget: Budget) -> None:
     _say(f"  {'group':<7}{'tensors':>8}{'values':>12}{'bits':>6}{'coded bytes':>14}{'entropy bound':>15}{'ratio':>8}"
          f"{'scale bytes':>13}")
     total_coded = total_bound = 0.0
-    for group in ("attn", "mlp", "embed", "fp16"):
+    for group in REPORT_GROUPS:
         rows = [r for r in result.reports if r.group == group]
         if not rows:
             continue
         coded = result.coded_bytes.get(group, 0)
         bound = sum(r.entropy_bytes for r in rows)
-        if group != "fp16":
+        if group != PASSTHROUGH:
             total_coded, total_bound = total_coded + coded, total_bound + bound
         bits = "/".join(sorted({str(r.bits) for r in rows}))
         _say(f"  {group:<7}{len(rows):>8}{sum(r.count for r in rows):>12,}{bits:>6}{coded:>14,}{bound:>15,.0f}"
@@ -224,7 +233,7 @@ def _report(result: Quantized, budget: Budget) -> None:
              f"{total_coded / total_bound:.4f}")
     _say("quantize: per-tensor error (relative weight error, Hessian-weighted output error ‖ΔW·X‖/‖W·X‖)")
     for r in result.reports:
-        if r.group != "fp16":
+        if r.group != PASSTHROUGH:
             _say(f"  {r.name:<34} int{r.bits}  weight {r.weight_error:.4f}  output {r.output_error:.4f}")
     _say("quantize: budget (" + ", ".join(f"{name} {size:,}" for name, size in code_files()) + ")")
     for line in budget.table():

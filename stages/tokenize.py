@@ -13,7 +13,7 @@ import itertools
 import json
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -44,22 +44,41 @@ BATCH_MAX_BYTES = 16 << 20
 
 @dataclass(frozen=True)
 class TokenizeConfig:
-    out: Path
-    corpus: str = "shakespeare"
-    vocab_size: int = 1024
-    tokenizer: Path | None = None  # reuse this model instead of training one
-    val_docs: int | None = None  # None: the corpus's default (the challenge's 50,000 for JSONL)
-    shard_tokens: int = 100_000_000
-    force: bool = False
-    threads: int = 0  # encoding threads; 0 = all cores
+    out: Path = field(metadata={"help": "Dataset folder to create."})
+    corpus: str = field(default="shakespeare", metadata={
+        "help": "`shakespeare` (embedded plays), a .jsonl with a `text` field per line, a .txt file or a folder "
+                "of .txt files."})
+    vocab_size: int = field(default=1024, metadata={"help": f"Tokenizer vocabulary (at most {MAX_VOCAB:,})."})
+    tokenizer: Path | None = field(default=None, metadata={
+        "help": "Reuse this SentencePiece .model instead of training one."})
+    val_docs: int | None = field(default=None, metadata={
+        "help": "The first N documents form the validation split [default: 4 plays for shakespeare, 50,000 for "
+                ".jsonl, 1 for a folder, 0 for a .txt]."})
+    shard_tokens: int = field(default=100_000_000, metadata={"help": "Tokens per shard file."})
+    force: bool = field(default=False, metadata={"help": "Replace an existing dataset in --out."})
+    threads: int = field(default=0, metadata={"help": "Encoding threads [default: 0, all cores]."})
     # SentencePiece holds all its training text in memory: cap it (the first training documents).
-    tokenizer_train_mb: int = 500
+    tokenizer_train_mb: int = field(default=500, metadata={
+        "help": "Train the tokenizer on at most this much text (the first training documents)."})
+
+    def problems(self) -> list[str]:
+        p = []
+        if not 1 <= self.vocab_size <= MAX_VOCAB:
+            p.append(f"--vocab-size {self.vocab_size} is out of range: shards store uint16 ids, so 1..{MAX_VOCAB}")
+        if self.val_docs is not None and self.val_docs < 0:
+            p.append(f"--val-docs must be >= 0, got {self.val_docs}")
+        if self.threads < 0:
+            p.append(f"--threads must be >= 0, got {self.threads}")
+        p += [f"--{k.replace('_', '-')} must be positive, got {getattr(self, k)}"
+              for k in ("shard_tokens", "tokenizer_train_mb") if getattr(self, k) < 1]
+        return p
 
 
 def run_tokenize(cfg: TokenizeConfig) -> dict:
     """Build the dataset folder `cfg.out`; return its manifest."""
-    if not 1 <= cfg.vocab_size <= MAX_VOCAB:
-        raise UserError(f"--vocab-size {cfg.vocab_size} is out of range: shards store uint16 ids, so 1..{MAX_VOCAB}")
+    problems = cfg.problems()
+    if problems:
+        raise UserError("; ".join(problems))
     out = Path(cfg.out)
     replace = _check_output_folder(out, cfg.force)
     corpus = open_corpus(cfg.corpus)

@@ -14,7 +14,7 @@ import json
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -22,7 +22,8 @@ import torch
 from golfctl.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from golfctl.config import TrainConfig, config_lines
 from golfctl.dataset import dataset_identity, open_dataset
-from golfctl.distributed import DistContext, all_reduce_float64, all_reduce_sum_, barrier, init_distributed, shutdown
+from golfctl.distributed import (DistContext, all_reduce_float64, all_reduce_gradients, mean_over_ranks, on_main,
+                                 run_distributed)
 from golfctl.ema import EMA
 from golfctl.errors import UserError
 from golfctl.loader import TrainBatches
@@ -30,7 +31,9 @@ from golfctl.model import GPT, parameter_groups
 from golfctl.optim import Optimizers, build_optimizers, lr_multiplier
 from golfctl.progress import format_duration
 from golfctl.provenance import provenance
-from golfctl.validation import VAL_BATCH_TOKENS, ValResult, autocast, load_validation_set, plain_validation
+from golfctl.precision import autocast
+from golfctl.scoring import Sums, score_plain
+from golfctl.validation import load_validation_set
 
 CHECKPOINT_NAME = "ckpt.safetensors"
 METRICS_NAME = "metrics.jsonl"
@@ -40,24 +43,26 @@ RUN_CONTROL_KEYS = frozenset({"log_every", "val_every", "val_max_tokens", "check
 
 @dataclass(frozen=True)
 class TrainRun:
-    cfg: TrainConfig
-    data: Path
-    out: Path
-    resume: bool = False
-    tokenizer: Path | None = None  # needed for datasets without tokenizer.model (official folders)
-    stop_after_steps: int = 0  # end this invocation (with a checkpoint) after N steps; 0 = run to the end
+    # Resolved from --preset < --config < --set by the CLI: hyper-parameters never become options.
+    cfg: TrainConfig = field(metadata={"cli": False})
+    data: Path = field(metadata={"help": "Dataset folder (golfctl or official)."})
+    out: Path = field(metadata={"help": "Run folder (ckpt.safetensors, metrics.jsonl)."})
+    resume: bool = field(default=False, metadata={"help": "Continue the checkpoint in --out exactly where it stopped."})
+    tokenizer: Path | None = field(default=None, metadata={
+        "help": "Tokenizer .model for datasets that carry none (official challenge folders)."})
+    stop_after_steps: int = field(default=0, metadata={
+        "help": "Checkpoint and stop after N steps of this invocation (pre-emptible jobs); 0 runs to the end."})
+
+    def problems(self) -> list[str]:
+        return [f"--stop-after-steps must be >= 0, got {self.stop_after_steps}"] if self.stop_after_steps < 0 else []
 
 
 def run_train(run: TrainRun) -> dict:
     """Train (or resume) a run; return a summary of where and why it stopped."""
-    ctx = init_distributed()
-    try:
-        summary = _Trainer(run, ctx).train()
-    except BaseException:
-        shutdown(ctx, meet=False)
-        raise
-    shutdown(ctx)
-    return summary
+    problems = run.problems()
+    if problems:
+        raise UserError("; ".join(problems))
+    return run_distributed(lambda ctx: _Trainer(run, ctx).train())
 
 
 class _Trainer:
@@ -89,8 +94,7 @@ class _Trainer:
             raise UserError(f"--resume: {self.ckpt_path} does not exist; start the run without --resume")
         if not self.run.resume and self.ckpt_path.exists():
             raise UserError(f"{self.out} already holds a checkpoint; pass --resume to continue it or choose another --out")
-        if self.ctx.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
+        on_main(self.ctx, lambda: self.out.mkdir(parents=True, exist_ok=True), f"creating {self.out}")
 
     def _restore(self) -> None:
         ckpt = load_checkpoint(self.ckpt_path)
@@ -209,37 +213,19 @@ class _Trainer:
                 loss = self.compiled(x, y, loops=loops)
             (loss * scale).backward()
             loss_sum += loss.detach()
-        self._average_gradients()
+        all_reduce_gradients(list(self.model.parameters()), self.ctx, mean=True)
         self.optimizers.clip_grad_norm_(cfg.grad_clip_norm)
         self.optimizers.step()
         self.optimizers.zero_grad()
         self.ema.update(self.model, cfg.ema_decay if progress >= cfg.ema_start_frac else 0.0)
         return loss_sum * scale
 
-    def _average_gradients(self) -> None:
-        """Sum each rank's (already 1/local-accum scaled) gradients and divide by the ranks."""
-        if not self.ctx.enabled:
-            return
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        all_reduce_sum_(flat)
-        flat /= self.ctx.world_size
-        offset = 0
-        for g in grads:
-            g.copy_(flat[offset:offset + g.numel()].view_as(g))
-            offset += g.numel()
-
     def _agreed(self, seconds: float) -> float:
         """Ranks must agree on time, or they would stop at different steps: use the mean."""
-        if not self.ctx.enabled:
-            return seconds
-        total, = all_reduce_float64([seconds], self.ctx)
-        return total / self.ctx.world_size
+        return mean_over_ranks(seconds, self.ctx)
 
     def _stop_requested(self) -> bool:
-        flag = float(self.stop_signal != 0)
-        if self.ctx.enabled:
-            flag, = all_reduce_float64([flag], self.ctx)
+        flag, = all_reduce_float64([float(self.stop_signal != 0)], self.ctx)
         return flag > 0
 
     def _sync(self) -> None:
@@ -250,8 +236,7 @@ class _Trainer:
 
     def _log_train(self, loss: torch.Tensor, step_progress: float, log_time: float, log_step: int) -> None:
         value = loss.item()
-        if self.ctx.enabled:
-            value = all_reduce_float64([value], self.ctx)[0] / self.ctx.world_size
+        value = mean_over_ranks(value, self.ctx)
         seconds = max(self.elapsed - log_time, 1e-9)
         tokens_per_s = (self.step - log_step) * self.cfg.train_batch_tokens / seconds
         progress = self._progress()
@@ -262,13 +247,11 @@ class _Trainer:
         self._metrics({"kind": "train", "step": self.step, "loss": value, "lr_mult": lr, "tokens_per_s": tokens_per_s,
                        "elapsed_s": self.elapsed, "eta_s": eta, "progress": progress})
 
-    def _validate(self, limit: int) -> ValResult:
+    def _validate(self, limit: int) -> Sums:
         tokens = self.val.tokens[: limit + 1] if limit else self.val.tokens
         loops = self._loops(self._progress())
-        batch_seqs = max(1, VAL_BATCH_TOKENS // self.cfg.train_seq_len)
         start = time.perf_counter()
-        result = plain_validation(self.model, tokens, self.val.tables, self.cfg.train_seq_len, batch_seqs, self.ctx,
-                                  loops)
+        result = score_plain(self.model, tokens, self.val.tables, self.cfg.train_seq_len, self.ctx, loops)
         self._say(f"val step {self.step}: loss {result.loss:.4f}  bpb {result.bpb:.4f}  "
                   f"({result.tokens:,} tokens, {time.perf_counter() - start:.1f}s)")
         self._metrics({"kind": "val", "step": self.step, "val_loss": result.loss, "val_bpb": result.bpb,
@@ -276,8 +259,7 @@ class _Trainer:
         return result
 
     def _save(self) -> None:
-        if self.ctx.is_main:
-            save_checkpoint(self.ckpt_path, Checkpoint(
+        on_main(self.ctx, lambda: save_checkpoint(self.ckpt_path, Checkpoint(
                 config=dataclasses.asdict(self.cfg),
                 step=self.step,
                 elapsed_seconds=self.elapsed,
@@ -290,13 +272,11 @@ class _Trainer:
                     "optim": {k.removeprefix("optim."): v for k, v in self.optimizers.state_tensors().items()},
                     "rng": {"torch": torch.get_rng_state()},
                 },
-            ))
-        barrier(self.ctx)
+            )), f"writing {self.ckpt_path}")
 
     def _metrics(self, record: dict) -> None:
-        if self.ctx.is_main:
-            with open(self.out / METRICS_NAME, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+        on_main(self.ctx, lambda: _append_line(self.out / METRICS_NAME, json.dumps(record)),
+                f"writing {METRICS_NAME}")
 
     def _say(self, line: str) -> None:
         if self.ctx.is_main:
@@ -310,6 +290,11 @@ class _Trainer:
         for sig in (signal.SIGTERM, signal.SIGINT):
             previous[sig] = signal.signal(sig, request_stop)
         return previous
+
+
+def _append_line(path: Path, line: str) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(line + "\n")
 
 
 def signal_restore(previous: dict) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -12,11 +13,13 @@ import pytest
 from cli_helpers import assert_clean_error, golfctl
 from golfctl.dataset import open_dataset
 from golfctl.weights import load_weights, save_model_file
+from golfctl.ttt import TTTConfig
 from stages.ema_finalize import EmaFinalizeConfig, run_ema_finalize
 from stages.evaluate import EvalConfig, run_eval
 from stages.quantize import QuantizeConfig, run_quantize
 
-FAST = dict(stride=16, batch_seqs=16, ttt=True, ttt_chunk_tokens=2048, ttt_epochs=1, ttt_batch_seqs=8)
+FAST_TTT = TTTConfig(chunk_tokens=2048, epochs=1, batch_seqs=8)
+FAST = dict(stride=16, batch_seqs=16, ttt=True, ttt_config=FAST_TTT)
 
 
 @pytest.fixture(scope="module")
@@ -43,15 +46,17 @@ def test_golden_scores_and_exact_bytes(tmp_path, model_and_artifact, small_datas
     chunks = results["ttt"]["chunks"]
     assert sum(c["tokens"] for c in chunks) == val.tokens - 1 and len(chunks) == 4
     assert chunks[0]["nll_sum"] > 0
-    golden("eval_scores.txt", "".join(f"{name} val_loss {results[name]['val_loss']:.6f} "
-                                      f"val_bpb {results[name]['val_bpb']:.6f}\n" for name in ("plain", "sliding", "ttt")))
+    golden("eval_scores.json", {"about": "eval of the fixture artifact with FAST settings on small_dataset",
+                                "results": {name: {key: round(results[name][key], 7) if key.startswith("val_") else
+                                                   results[name][key] for key in ("val_loss", "val_bpb", "tokens", "bytes")}
+                                            for name in ("plain", "sliding", "ttt")}}, tolerance=1e-5)
     assert report["format"] == "golfctl.eval" and report["version"] == 1
     assert set(report["inputs"]) >= {"model_sha256", "dataset", "tokenizer_sha256"}
 
 
 def test_ttt_with_zero_epochs_equals_sliding(tmp_path, model_and_artifact, small_dataset):
     report = run_eval(EvalConfig(model=model_and_artifact / "final.safetensors", data=small_dataset,
-                                 out=tmp_path / "eval.json", plain=False, **{**FAST, "ttt_epochs": 0}))
+                                 out=tmp_path / "eval.json", plain=False, **{**FAST, "ttt_config": dataclasses.replace(FAST_TTT, epochs=0)}))
     assert report["results"]["ttt"]["val_loss"] == pytest.approx(report["results"]["sliding"]["val_loss"], abs=1e-12)
 
 
@@ -99,3 +104,26 @@ def test_bad_input(tmp_path, model_and_artifact, small_dataset, shakespeare_data
     (tmp_path / "bad.bin").write_bytes(bytes(raw))
     assert "corrupt" in error(tmp_path / "bad.bin", "--data", small_dataset)
     assert not (tmp_path / "eval.json").exists()
+
+
+def test_every_stage_reports_the_same_plain_score(tmp_path, trained_run, small_dataset):
+    """One plain policy: train's final validation, ema-finalize --compare, quantize --eval and
+    eval --no-sliding score the same targets and bytes and agree on val_bpb."""
+    trained = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    final_val = [r for r in trained if r["kind"] == "val"][-1]
+    compared = run_ema_finalize(EmaFinalizeConfig(checkpoint=trained_run / "ckpt.safetensors", raw=True,
+                                                  out=tmp_path / "raw.safetensors", compare=True, data=small_dataset))
+    quantized = run_quantize(QuantizeConfig(model=tmp_path / "raw.safetensors", data=small_dataset,
+                                            out=tmp_path / "artifact.bin", calib_batches=2, evaluate=True))
+
+    def plain(model):
+        report = run_eval(EvalConfig(model=model, data=small_dataset, out=tmp_path / "eval.json", sliding=False))
+        return report["results"]["plain"]
+
+    raw, artifact = plain(tmp_path / "raw.safetensors"), plain(tmp_path / "artifact.bin")
+    val = open_dataset(small_dataset).splits["val"]
+    assert (final_val["tokens"], final_val["bytes"]) == (raw["tokens"], raw["bytes"]) == (val.tokens - 1, val.bytes)
+    for got, want in [(final_val["val_bpb"], raw["val_bpb"]), (compared["raw"]["val_bpb"], raw["val_bpb"]),
+                      (quantized["val_bpb_unquantized"], raw["val_bpb"]),
+                      (quantized["val_bpb_quantized"], artifact["val_bpb"])]:
+        assert got == pytest.approx(want, rel=1e-6)

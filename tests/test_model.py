@@ -1,4 +1,4 @@
-"""The GPT: parameter counts, wiring options, layer sequences, causality, losses, optimizer groups."""
+"""The GPT: parameter counts, wiring options, layer sequences, U-Net skips at any depth, causality, losses."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from golfctl.config import ModelConfig, TrainConfig, preset_names, resolve_config
-from golfctl.model import GPT, layer_sequence, model_flops_per_token, parameter_groups
+from golfctl.model import GPT, layer_sequence, model_flops_per_token, parameter_groups, skip_rows
 
 # head_dim 8, GQA 4 query heads over 2 KV heads, MLP hidden 64
 TINY = ModelConfig(vocab_size=64, model_dim=32, num_layers=4, num_heads=4, num_kv_heads=2, mlp_mult=2.0)
@@ -55,7 +55,7 @@ def expected_param_count(c: ModelConfig) -> int:
         def applications(loops: int) -> int:
             return c.num_layers + (loops - 1) * looped
 
-        skips = max(applications(n) // 2 for n in (1, c.num_loops, c.eval_loops or c.num_loops))
+        skips = applications(c.num_loops) // 2  # the training depth's pairs; eval_loops is no shape
     return c.vocab_size * d + c.num_layers * block + skips * d
 
 
@@ -104,7 +104,7 @@ def test_tiny_preset_runs():
 
 
 def test_checkpoint_keys_and_init():
-    cfg = tiny(loop_start=1, loop_end=2, num_loops=2, eval_loops=4)  # 10 applications at eval: 5 skips
+    cfg = tiny(loop_start=1, loop_end=2, num_loops=2, eval_loops=4)  # 6 applications in training: 3 skips
     model = GPT(cfg)
     names = {n for n, _ in model.named_parameters()}
     for key in ("tok_emb.weight", "skip_weights", "blocks.0.attn.c_q.weight", "blocks.0.attn.c_k.weight",
@@ -112,7 +112,7 @@ def test_checkpoint_keys_and_init():
                 "blocks.0.mlp.fc.weight", "blocks.0.mlp.proj.weight", "blocks.0.attn_scale", "blocks.0.mlp_scale",
                 "blocks.0.resid_mix"):
         assert key in names, key
-    assert model.skip_weights.shape == (5, cfg.model_dim)
+    assert model.skip_weights.shape == (3, cfg.model_dim)
     block = model.blocks[0]
     assert torch.equal(block.resid_mix, torch.stack((torch.ones(32), torch.zeros(32))))
     assert torch.equal(block.attn.q_gain, torch.full((4,), cfg.qk_gain_init))
@@ -151,8 +151,8 @@ def test_variant_forward_backward(variant):
     for name, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
 
-    # off the symmetric start, every parameter the forward uses gets a gradient; the most loops
-    # the model is sized for use every skip weight
+    # off the symmetric start, every parameter the forward uses gets a gradient; from the
+    # training depth on, every skip weight is used
     model = perturbed(cfg)
     most_loops = max(cfg.num_loops, cfg.resolved_eval_loops)
     model(x, y, loops=most_loops).backward()
@@ -169,38 +169,55 @@ def test_variant_forward_backward(variant):
             assert not torch.allclose(one, trained)
 
 
-def test_fewer_loops_use_the_first_skip_weights():
-    cfg = tiny(loop_start=1, loop_end=2, num_loops=2, eval_loops=4)  # skips: 2 at loops=1, 3 at 2, 5 at 4
+@pytest.mark.parametrize("loops, used", [(1, [True, True, False]), (2, [True, True, True]), (4, [True, True, True])])
+def test_skip_weight_rows_used_per_loop_count(loops, used):
+    cfg = tiny(loop_start=1, loop_end=2, num_loops=2)  # pairs: 2 at loops=1, 3 at 2, 5 wanted at 4 (3 rows)
     model = perturbed(cfg)
     x, y = batch(cfg)
-    model(x, y, loops=2).backward()
-    used = (model.skip_weights.grad != 0).any(dim=-1)
-    assert used.tolist() == [True, True, True, False, False]
+    model(x, y, loops=loops).backward()
+    assert (model.skip_weights.grad != 0).any(dim=-1).tolist() == used
 
 
-def test_too_many_loops_for_the_skip_weights():
-    model = GPT(tiny(num_loops=2))
-    x, _ = batch(model.cfg)
-    with pytest.raises(ValueError, match="skip weights"):
-        model(x, loops=3)
+def test_skip_rows_depend_on_the_architecture_only():
+    base = tiny(loop_start=1, loop_end=2, num_loops=2)
+    assert skip_rows(base) == 3
+    assert {skip_rows(dataclasses.replace(base, eval_loops=n)) for n in (0, 1, 2, 4, 9)} == {3}
+    assert skip_rows(dataclasses.replace(base, num_loops=4)) == 5
+    assert skip_rows(dataclasses.replace(base, unet_skips=False)) == 0
 
 
-def test_unet_skips_pair_first_half_with_second_in_reverse():
-    cfg = tiny(num_layers=5, loop_start=1, loop_end=2, num_loops=2)  # 7 applications: 3 pushed, 3 popped
+@pytest.mark.parametrize("loops", [1, 2, 3, 5])
+def test_unet_skips_pair_the_innermost_applications_in_reverse(loops):
+    """Decoder application half+j reads encoder application half-1-j through row j, for j < min(half, rows)."""
+    cfg = tiny(num_layers=5, loop_start=1, loop_end=2, num_loops=2)  # 7 applications in training: 3 rows
     model = perturbed(cfg)
     calls = []  # (block input, block output) per application, in order
     for block in model.blocks:
         block.register_forward_hook(lambda mod, args, out: calls.append((args[0], out)))
     x, _ = batch(cfg)
     with torch.no_grad():
-        model(x)
-        n = len(calls) // 2
-        for j in range(len(calls) - n):
-            # decoder application j reads the previous output plus the j-th weighted skip, last pushed first
-            skip = model.skip_weights[j] * calls[n - 1 - j][1] if j < n else 0
-            torch.testing.assert_close(calls[n + j][0], calls[n + j - 1][1] + skip)
-        for i in range(1, n):
-            assert calls[i][0] is calls[i - 1][1]  # no skip reaches the first half
+        model(x, loops=loops)
+    half = len(calls) // 2
+    pairs = min(half, 3)
+    for i in range(1, len(calls)):
+        j = i - half
+        skip = model.skip_weights[j] * calls[half - 1 - j][1] if 0 <= j < pairs else 0
+        torch.testing.assert_close(calls[i][0], calls[i - 1][1] + skip, rtol=0, atol=0)
+
+
+def test_state_dict_loads_across_eval_loops_and_scores_deeper():
+    """eval_loops is an evaluation setting: a state dict saved under one loads under another and
+    scores at loop counts beyond num_loops (more U-Net pairs than skip rows)."""
+    trained = perturbed(tiny(loop_start=1, loop_end=2, num_loops=2, eval_loops=0))
+    evaluated = GPT(tiny(loop_start=1, loop_end=2, num_loops=2, eval_loops=6))
+    shapes = {k: v.shape for k, v in trained.state_dict().items()}
+    assert {k: v.shape for k, v in evaluated.state_dict().items()} == shapes
+    evaluated.load_state_dict(trained.state_dict())
+    x, y = batch(evaluated.cfg)
+    with torch.no_grad():
+        for loops in (evaluated.cfg.resolved_eval_loops, 9):
+            assert torch.isfinite(evaluated(x, y, loops=loops))
+            torch.testing.assert_close(evaluated(x, loops=loops), trained(x, loops=loops), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("activation", ["relu2", "leaky_relu2"])
@@ -302,23 +319,6 @@ def test_eval_under_inference_mode_then_train():
     with torch.inference_mode():
         model(x, y)
     model(x, y).backward()
-
-
-def test_parameter_groups():
-    cfg = tiny(**VARIANTS["eval_loops_larger"])
-    model = GPT(cfg)
-    groups = parameter_groups(model)
-    assert set(groups) == {"embed", "matrix", "scalar"}
-    listed = [(n, p) for g in groups.values() for n, p in g]
-    assert sorted(n for n, _ in listed) == sorted(n for n, _ in model.named_parameters())
-    assert len({id(p) for _, p in listed}) == len(listed) == len(list(model.parameters()))
-    assert [n for n, _ in groups["embed"]] == ["tok_emb.weight"]
-    matrix = {n for n, _ in groups["matrix"]}
-    assert matrix == {f"blocks.{i}.{m}.weight" for i in range(cfg.num_layers)
-                      for m in ("attn.c_q", "attn.c_k", "attn.c_v", "attn.proj", "mlp.fc", "mlp.proj")}
-    assert all(p.ndim == 2 for _, p in groups["matrix"])
-    scalar = {n for n, _ in groups["scalar"]}
-    assert {"skip_weights", "blocks.0.resid_mix", "blocks.0.attn.q_gain", "blocks.0.attn_scale"} <= scalar
 
 
 @pytest.mark.parametrize("variant", ["mha_plain", "range_loops"])

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-import os
-import socket
+import functools
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from golfctl.config import TrainConfig
-from golfctl.distributed import all_reduce_float64, barrier, broadcast_, init_distributed, shutdown
 from golfctl.optim import Muon, build_optimizers, lr_multiplier, muon_momentum, muon_update, newton_schulz5
+from ranks import run_ranks
 
 
 @pytest.mark.parametrize("shape", [(64, 32), (32, 96)])
@@ -174,47 +172,21 @@ def muon_problem() -> tuple[list[nn.Parameter], Muon]:
     return params, Muon(params, lr=0.05, momentum=0.9, row_norm=False, weight_decay=0.1)
 
 
-def muon_rank(rank: int, world_size: int, port: int, out_dir: str) -> None:
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    ctx = init_distributed()
-    try:
-        params, opt = muon_problem()
-        opt.step()
-        result = {f"param{i}": p.detach() for i, p in enumerate(params)}
-        # Every rank keeps every momentum buffer, so rank 0 alone can checkpoint the full state.
-        result |= {f"buf{i}": opt.state[p]["momentum_buffer"] for i, p in enumerate(params)}
-        result["sums"] = torch.tensor(all_reduce_float64([rank + 0.25, 2.0**53 - 1], ctx), dtype=torch.float64)
-        result["from_rank1"] = broadcast_(torch.tensor([float(rank)]), src=1)
-        barrier(ctx)
-        save_file(result, os.path.join(out_dir, f"rank{rank}.safetensors"))
-    finally:
-        shutdown(ctx)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def muon_rank(out_dir: str, ctx) -> None:
+    params, opt = muon_problem()
+    opt.step()
+    result = {f"param{i}": p.detach() for i, p in enumerate(params)}
+    # Every rank keeps every momentum buffer, so rank 0 alone can checkpoint the full state.
+    result |= {f"buf{i}": opt.state[p]["momentum_buffer"] for i, p in enumerate(params)}
+    save_file(result, f"{out_dir}/rank{ctx.rank}.safetensors")
 
 
 def test_distributed_muon_matches_single_process(tmp_path):
     params, opt = muon_problem()
     opt.step()
-    mp.spawn(muon_rank, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    run_ranks(functools.partial(muon_rank, str(tmp_path)))
     for rank in range(2):
         got = load_file(tmp_path / f"rank{rank}.safetensors")
         for i, p in enumerate(params):
             torch.testing.assert_close(got[f"param{i}"], p.detach(), atol=1e-6, rtol=0)
             torch.testing.assert_close(got[f"buf{i}"], opt.state[p]["momentum_buffer"], atol=1e-6, rtol=0)
-        assert got["sums"].tolist() == [1.5, 2.0**54 - 2]  # float64: exact beyond float32's 2**24
-        assert got["from_rank1"].item() == 1.0
-
-
-def test_single_process_without_torchrun_env(monkeypatch):
-    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        monkeypatch.delenv(var, raising=False)
-    ctx = init_distributed()
-    assert (ctx.rank, ctx.world_size, ctx.is_main, ctx.enabled) == (0, 1, True, False)
-    assert all_reduce_float64([1.0, 2.5], ctx) == [1.0, 2.5]
-    shutdown(ctx)

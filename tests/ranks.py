@@ -1,0 +1,69 @@
+"""Running a function on several real gloo ranks from a test (torch.multiprocessing, one port each)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.multiprocessing as mp
+
+from golfctl.distributed import DistContext, run_distributed
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_main(rank: int, world_size: int, port: int, work: Callable[[DistContext], None],
+               outcomes: str | None) -> None:
+    torch.set_num_threads(1)  # several ranks share two cores
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    if outcomes is None:
+        run_distributed(work)
+        return
+    start, outcome = time.monotonic(), {"error": None}
+    try:
+        run_distributed(work)
+    except Exception as exc:  # recorded for the test to read
+        outcome = {"error": type(exc).__name__, "message": str(exc)}
+    outcome["seconds"] = time.monotonic() - start
+    Path(outcomes, f"rank{rank}.json").write_text(json.dumps(outcome))
+
+
+def run_ranks(work: Callable[[DistContext], None], world_size: int = 2) -> None:
+    """Run `work(ctx)` on `world_size` gloo ranks (a module-level function: it is pickled); raise if any fails."""
+    mp.spawn(_rank_main, args=(world_size, free_port(), work, None), nprocs=world_size, join=True)
+
+
+def _write_result(work: Callable[[DistContext], object], folder: str, ctx: DistContext) -> None:
+    Path(folder, f"rank{ctx.rank}.json").write_text(json.dumps(work(ctx)))
+
+
+def rank_results(work: Callable[[DistContext], object], folder: Path, world_size: int = 2) -> list:
+    """What `work(ctx)` returns (JSON-able) on each of `world_size` gloo ranks, in rank order."""
+    run_ranks(functools.partial(_write_result, work, str(folder)), world_size)
+    return [json.loads((folder / f"rank{r}.json").read_text()) for r in range(world_size)]
+
+
+def rank_outcomes(work: Callable[[DistContext], None], folder: Path, world_size: int = 2,
+                  timeout: float = 120.0) -> list[dict]:
+    """Run `work` on gloo ranks that may fail; each rank's {"error", "message", "seconds"} in rank order.
+    A rank still running after `timeout` seconds (hung in a collective) fails the test."""
+    procs = mp.start_processes(_rank_main, args=(world_size, free_port(), work, str(folder)), nprocs=world_size,
+                               join=False, start_method="spawn")
+    deadline = time.monotonic() + timeout
+    while not procs.join(timeout=max(0.1, deadline - time.monotonic())):
+        if time.monotonic() > deadline:
+            for p in procs.processes:
+                p.kill()
+            raise AssertionError(f"ranks still running after {timeout:.0f}s: a rank hangs in a collective")
+    return [json.loads((folder / f"rank{r}.json").read_text()) for r in range(world_size)]
