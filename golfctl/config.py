@@ -43,6 +43,11 @@ class ModelConfig:
     loop_start: int = -1  # first looped layer; -1 = loop the whole stack
     loop_end: int = -1  # last looped layer (inclusive)
     eval_loops: int = 0  # loop count at evaluation; 0 = num_loops
+    rope_reverse: bool = False  # rotate q/k pairs by −θ instead of +θ (the 2026-04-09 record's convention)
+    xsa_last_n: int = 0  # XSA on the last N blocks: remove from each head's output its own value direction
+    ln_scale: bool = False  # multiply each block's branch inputs norm(x) by 1/sqrt(layer + 1)
+    skip_gates: bool = False  # U-Net skips mix in by a learned sigmoid gate instead of being added
+    ortho_init: bool = False  # orthogonal init of the non-zero-init block matrices with both sides >= 64
 
     @property
     def head_dim(self) -> int:
@@ -78,6 +83,8 @@ class ModelConfig:
             p.append(f"logit_softcap must be positive, got {self.logit_softcap}")
         if self.eval_loops < 0:
             p.append(f"eval_loops must be >= 0, got {self.eval_loops}")
+        if not 0 <= self.xsa_last_n <= self.num_layers:
+            p.append(f"xsa_last_n must be in 0..num_layers ({self.num_layers}), got {self.xsa_last_n}")
         if self.loop_start != -1 or self.loop_end != -1:
             if not 0 <= self.loop_start <= self.loop_end < self.num_layers:
                 p.append(f"loop_start..loop_end must satisfy 0 <= {self.loop_start} <= {self.loop_end} "
@@ -93,6 +100,7 @@ class TrainConfig(ModelConfig):
 
     iterations: int = 20000  # optimizer steps, unless max_wallclock_seconds stops training first
     max_wallclock_seconds: float = 0.0  # cap on training time (compile warm-up and validation excluded); 0 = none
+    gptq_reserve_seconds: float = 0.0  # of max_wallclock_seconds, kept for GPTQ calibration and quantization
     train_batch_tokens: int = 524_288  # global tokens per optimizer step, whatever the number of ranks
     train_seq_len: int = 1024
     grad_accum: int = 8  # micro-batches per step over all ranks; each rank runs grad_accum / world_size
@@ -115,12 +123,13 @@ class TrainConfig(ModelConfig):
     beta1: float = 0.9
     beta2: float = 0.95
     adam_eps: float = 1e-8
-    adam_weight_decay: float = 0.0
+    embed_weight_decay: float = 0.0  # AdamW decoupled decay of the tied embedding
+    scalar_weight_decay: float = 0.0  # AdamW decoupled decay of vectors and control tensors
     muon_momentum: float = 0.95
     muon_momentum_warmup_start: float = 0.85
     muon_momentum_warmup_steps: int = 500
     muon_backend_steps: int = 5  # Newton–Schulz iterations
-    muon_row_norm: bool = False  # MuonEq-R: normalise rows of the orthogonalised update
+    muon_row_norm: bool = False  # MuonEq-R: unit-norm rows of the momentum direction before Newton–Schulz
     muon_weight_decay: float = 0.0  # decoupled
     grad_clip_norm: float = 0.0  # 0 = no clipping
 
@@ -136,10 +145,19 @@ class TrainConfig(ModelConfig):
                 p.append(f"{k} must be in [0, 1], got {getattr(self, k)}")
         if not 0.0 <= self.ema_decay < 1.0:
             p.append(f"ema_decay must be in [0, 1), got {self.ema_decay}")
-        nonneg = ("max_wallclock_seconds", "val_every", "val_max_tokens", "checkpoint_every", "warmup_steps",
+        nonneg = ("max_wallclock_seconds", "gptq_reserve_seconds", "embed_weight_decay", "scalar_weight_decay",
+                  "muon_weight_decay", "val_every", "val_max_tokens", "checkpoint_every", "warmup_steps",
                   "compile_warmup_steps", "muon_momentum_warmup_steps", "grad_clip_norm")
         p += [f"{k} must be >= 0, got {getattr(self, k)}" for k in nonneg if getattr(self, k) < 0]
+        if self.gptq_reserve_seconds and not 0 < self.gptq_reserve_seconds < self.max_wallclock_seconds:
+            p.append(f"gptq_reserve_seconds {self.gptq_reserve_seconds} must be below max_wallclock_seconds "
+                     f"{self.max_wallclock_seconds} (it is carved out of that cap)")
         return p
+
+    @property
+    def train_seconds(self) -> float:
+        """The training clock: the wall-clock cap less the GPTQ reserve; 0 = no cap."""
+        return self.max_wallclock_seconds - self.gptq_reserve_seconds if self.max_wallclock_seconds else 0.0
 
     def model_config(self) -> ModelConfig:
         names = {f.name for f in fields(ModelConfig)}

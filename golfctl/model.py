@@ -16,6 +16,7 @@ test-time-training parameter set.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -90,13 +91,37 @@ class Rotary(nn.Module):
         return angles.cos(), angles.sin()
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate the first 2·cos.size(-1) dims of x (B, H, T, D) in half-split pairs; the rest pass through."""
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, reverse: bool = False) -> torch.Tensor:
+    """Rotate the first 2·cos.size(-1) dims of x (B, H, T, D) in half-split pairs; the rest pass through.
+
+    Pair (x1, x2) at position t turns by +θ_t: (x1·cos − x2·sin, x1·sin + x2·cos); with `reverse`
+    by −θ_t: (x1·cos + x2·sin, −x1·sin + x2·cos), the 2026-04-09 record's convention. The two
+    give different functions of the same weights (q·k then depends on −(m−n) instead of m−n)."""
     half = cos.size(-1)
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    if reverse:
+        sin = -sin
     x1, x2, rest = x[..., :half], x[..., half:2 * half], x[..., 2 * half:]
     rotated = (x1 * cos - x2 * sin, x1 * sin + x2 * cos)
     return torch.cat((*rotated, rest) if rest.size(-1) else rotated, dim=-1)
+
+
+def remove_value_direction(y: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """XSA: each head's output y (B, H, T, D) minus its component along its own kv head's unit
+    value vector at the same position (v: (B, K, T, D); query head h reads kv head h // (H/K)).
+    The result is orthogonal to that value vector."""
+    B, H, T, D = y.shape
+    K = v.size(1)
+    unit = F.normalize(v, dim=-1).unsqueeze(2)  # (B, K, 1, T, D)
+    grouped = y.view(B, K, H // K, T, D)  # (B, K, group, T, D)
+    return (grouped - (grouped * unit).sum(-1, keepdim=True) * unit).view(B, H, T, D).to(y.dtype)
+
+
+def init_matrix(linear: nn.Linear, cfg: ModelConfig) -> None:
+    """With `ortho_init`, a (rows, cols) weight with both sides ≥ 64 starts orthogonal (gain 1:
+    WᵀW = I on the smaller side); otherwise it keeps nn.Linear's default init."""
+    if cfg.ortho_init and min(linear.weight.shape) >= 64:
+        nn.init.orthogonal_(linear.weight, gain=1.0)
 
 
 class CausalSelfAttention(nn.Module):
@@ -107,21 +132,27 @@ class CausalSelfAttention(nn.Module):
         self.c_q = nn.Linear(cfg.model_dim, cfg.model_dim, bias=False)
         self.c_k = nn.Linear(cfg.model_dim, kv_dim, bias=False)
         self.c_v = nn.Linear(cfg.model_dim, kv_dim, bias=False)
+        for linear in (self.c_q, self.c_k, self.c_v):
+            init_matrix(linear, cfg)
         self.proj = nn.Linear(cfg.model_dim, cfg.model_dim, bias=False)
         nn.init.zeros_(self.proj.weight)  # each block starts as the identity on the residual stream
         # q and k are unit-RMS per head, so this gain sets the attention temperature
         self.q_gain = nn.Parameter(torch.full((cfg.num_heads,), cfg.qk_gain_init))
+        self.rope_reverse = cfg.rope_reverse
+        self.xsa = False  # set per layer by GPT (xsa_last_n)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
         q = self.c_q(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         k = self.c_k(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, D)
         v = self.c_v(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, D)
-        q = apply_rotary(norm(q), cos, sin)
+        q = apply_rotary(norm(q), cos, sin, self.rope_reverse)
         q = q * self.q_gain.to(q.dtype)[:, None, None]  # (H,) broadcast over (B, H, T, D)
-        k = apply_rotary(norm(k), cos, sin)
+        k = apply_rotary(norm(k), cos, sin, self.rope_reverse)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
                                            enable_gqa=self.num_kv_heads != self.num_heads)  # (B, H, T, D)
+        if self.xsa:
+            y = remove_value_direction(y, v)
         return self.proj(y.transpose(1, 2).reshape(B, T, -1))
 
 
@@ -129,6 +160,7 @@ class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.fc = nn.Linear(cfg.model_dim, cfg.mlp_hidden, bias=False)
+        init_matrix(self.fc, cfg)
         self.proj = nn.Linear(cfg.mlp_hidden, cfg.model_dim, bias=False)
         nn.init.zeros_(self.proj.weight)
         self.leaky = cfg.mlp_activation == "leaky_relu2"
@@ -140,11 +172,15 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Attention then MLP (sequential), or both reading the same input (parallel)."""
+    """Attention then MLP (sequential), or both reading the same input (parallel).
 
-    def __init__(self, cfg: ModelConfig, parallel: bool):
+    With `ln_scale`, both branch inputs norm(x) are multiplied by 1/sqrt(layer + 1), `layer` being
+    the block's physical index (a looped block uses the same factor on every application)."""
+
+    def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
-        self.parallel = parallel
+        self.parallel = 0 <= cfg.parallel_start <= layer
+        self.norm_scale = 1.0 / math.sqrt(layer + 1) if cfg.ln_scale else 1.0
         self.attn = CausalSelfAttention(cfg)
         self.mlp = MLP(cfg)
         self.attn_scale = nn.Parameter(torch.ones(cfg.model_dim))
@@ -155,10 +191,13 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, x0: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         x = self.resid_mix[0] * x + self.resid_mix[1] * x0  # (B, T, d)
         if self.parallel:
-            h = norm(x)  # the two norms have no weights, so one serves both branches
+            h = self._norm(x)  # the two norms have no weights, so one serves both branches
             return x + self.attn_scale * self.attn(h, cos, sin) + self.mlp_scale * self.mlp(h)
-        x = x + self.attn_scale * self.attn(norm(x), cos, sin)
-        return x + self.mlp_scale * self.mlp(norm(x))
+        x = x + self.attn_scale * self.attn(self._norm(x), cos, sin)
+        return x + self.mlp_scale * self.mlp(self._norm(x))
+
+    def _norm(self, x: torch.Tensor) -> torch.Tensor:
+        return norm(x) * self.norm_scale  # × 1.0 without ln_scale: exact
 
 
 class GPT(nn.Module):
@@ -167,22 +206,28 @@ class GPT(nn.Module):
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.model_dim)
         nn.init.normal_(self.tok_emb.weight, std=cfg.tied_embed_init_std)
-        self.blocks = nn.ModuleList(Block(cfg, parallel=0 <= cfg.parallel_start <= i) for i in range(cfg.num_layers))
+        self.blocks = nn.ModuleList(Block(cfg, layer) for layer in range(cfg.num_layers))
+        for block in self.blocks[max(0, cfg.num_layers - cfg.xsa_last_n):] if cfg.xsa_last_n else []:
+            block.attn.xsa = True
         self.rotary = Rotary(cfg.rope_dims or cfg.head_dim, cfg.rope_base)
         self.final_norm = FinalNorm()
         n_skips = skip_rows(cfg)
         self.skip_weights = nn.Parameter(torch.ones(n_skips, cfg.model_dim)) if n_skips else None
+        # sigmoid(0) = 0.5: each gated skip starts as the mean of the stream and the skip
+        self.skip_gates = nn.Parameter(torch.zeros(n_skips, cfg.model_dim)) if n_skips and cfg.skip_gates else None
 
     def forward(self, input_ids: torch.Tensor, target_ids: torch.Tensor | None = None, loops: int | None = None,
                 reduction: str = "mean") -> torch.Tensor:
         """Logits (B, T, V) in float32, or the float32 cross-entropy: a scalar mean, or (B, T) for "none".
 
-        U-Net skips, for any `loops`: the sequence splits at half = len(sequence) // 2, and the
-        innermost pairs = min(half, rows of skip_weights) pairs connect: encoder application
+        U-Net skips, for any `loops`: the sequence splits at half = len(sequence) // 2 (`unet_layout`),
+        and the innermost pairs = min(half, rows of skip_weights) pairs connect: encoder application
         half-1-j feeds decoder application half+j through row j, j = 0..pairs-1. Row j is thus
         always the j-th pair from the middle, whatever the loop count. Up to the training depth
         every encoder application has a pair; deeper runs (eval_loops > num_loops) leave the
-        outermost encoder applications without one rather than invent untrained rows.
+        outermost encoder applications without one rather than invent untrained rows. A skip s
+        (the encoder output times its row of skip_weights) is added to the stream x, or with
+        `skip_gates` mixed in: x ← g·x + (1 − g)·s, g = sigmoid(its row of skip_gates).
         """
         sequence = layer_sequence(self.cfg, self.cfg.num_loops if loops is None else loops)
         half = len(sequence) // 2
@@ -192,7 +237,7 @@ class GPT(nn.Module):
         skips = []
         for i, layer in enumerate(sequence):
             if half <= i < half + pairs:
-                x = x + self.skip_weights[i - half] * skips.pop()
+                x = self._add_skip(x, skips.pop(), i - half)
             x = self.blocks[layer](x, x0, cos, sin)
             if half - pairs <= i < half:
                 skips.append(x)
@@ -203,6 +248,18 @@ class GPT(nn.Module):
             return logits
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), target_ids.reshape(-1), reduction=reduction)
         return loss.view(target_ids.shape) if reduction == "none" else loss
+
+    def _add_skip(self, x: torch.Tensor, encoder_out: torch.Tensor, row: int) -> torch.Tensor:
+        skip = self.skip_weights[row] * encoder_out
+        if self.skip_gates is None:
+            return x + skip
+        return torch.lerp(skip, x, torch.sigmoid(self.skip_gates[row]))
+
+
+def unet_layout(cfg: ModelConfig, loops: int) -> tuple[list[int], list[int]]:
+    """(encoder, decoder): the physical blocks of the first and second half of the layer sequence."""
+    sequence = layer_sequence(cfg, loops)
+    return sequence[:len(sequence) // 2], sequence[len(sequence) // 2:]
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,9 @@
 Three parameter groups, each with its own optimiser (`build_optimizers`); which parameter goes
 into which is its `Role.optimizer` (golfctl.model.parameter_roles decides):
 
-- ``embed``: AdamW at `embed_lr`;
-- ``matrix``: Muon at `matrix_lr` (it orthogonalises 2-D updates);
-- ``scalar``: AdamW at `scalar_lr`.
+- ``embed``: AdamW at `embed_lr`, decay `embed_weight_decay`;
+- ``matrix``: Muon at `matrix_lr` (it orthogonalises 2-D updates), decay `muon_weight_decay`;
+- ``scalar``: AdamW at `scalar_lr`, decay `scalar_weight_decay`.
 
 Checkpoint state is flat named tensors (`Optimizers.state_tensors`), so it goes into a
 safetensors file next to the weights with no pickle. Keys, all under `STATE_PREFIX`:
@@ -61,20 +61,15 @@ def newton_schulz5(G: Tensor, steps: int) -> Tensor:
 def muon_update(direction: Tensor, steps: int, row_norm: bool) -> Tensor:
     """The Muon step direction (before the learning rate) for a (rows, cols) momentum direction.
 
-    Without `row_norm`: the orthogonalised direction times max(1, rows/cols)**0.5, so that entries
-    have RMS ≈ 1/sqrt(cols) whatever the aspect ratio (an orthogonal tall matrix has smaller
-    entries, RMS 1/sqrt(rows)).
-
-    With `row_norm` (MuonEq-R): every row of the orthogonalised direction is rescaled to unit L2
-    norm, i.e. entry RMS exactly 1/sqrt(cols). That is the average row norm of the scaled update
-    above, so learning rates keep their meaning; it only equalises rows, which NS5 leaves uneven
-    (inexact singular values, and rows of a tall matrix differ by construction). It replaces the
-    shape scale. An all-zero row stays zero.
+    With `row_norm` (MuonEq-R, in the 2026-04-09 record's order), every row of the direction is
+    first scaled to unit L2 norm (an all-zero row stays zero), so no row dominates the
+    orthogonalisation. Then Newton–Schulz, and the result times max(1, rows/cols)**0.5, so that
+    entries have RMS ≈ 1/sqrt(cols) whatever the aspect ratio (an orthogonal tall matrix has
+    smaller entries, RMS 1/sqrt(rows)).
     """
-    update = newton_schulz5(direction, steps)
     if row_norm:
-        row_norms = update.float().norm(dim=1, keepdim=True).clamp_min(1e-7)
-        return update / row_norms.to(update.dtype)
+        direction = direction / direction.float().norm(dim=-1, keepdim=True).clamp_min(1e-7).to(direction.dtype)
+    update = newton_schulz5(direction, steps)
     rows, cols = update.shape
     return update * max(1.0, rows / cols) ** 0.5
 
@@ -246,7 +241,7 @@ def build_optimizers(named_groups: dict[str, list[tuple[str, nn.Parameter]]], cf
     if unknown:
         raise ValueError(f"unknown parameter groups {unknown}; expected {list(GROUPS)}")
     fused = torch.device(device).type == "cuda"  # fused AdamW kernels exist for CUDA only
-    adam = dict(betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps, weight_decay=cfg.adam_weight_decay, fused=fused)
+    adam = dict(betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps, fused=fused)
     optimizers: dict[str, torch.optim.Optimizer] = {}
     named_params: dict[str, list[tuple[str, nn.Parameter]]] = {}
     for group_name in GROUPS:
@@ -262,8 +257,9 @@ def build_optimizers(named_groups: dict[str, list[tuple[str, nn.Parameter]]], cf
                        backend_steps=cfg.muon_backend_steps, row_norm=cfg.muon_row_norm,
                        weight_decay=cfg.muon_weight_decay)
         else:
-            lr = cfg.embed_lr if group_name == "embed" else cfg.scalar_lr
-            opt = torch.optim.AdamW(params, lr=lr, **adam)
+            lr, decay = ((cfg.embed_lr, cfg.embed_weight_decay) if group_name == "embed"
+                         else (cfg.scalar_lr, cfg.scalar_weight_decay))
+            opt = torch.optim.AdamW(params, lr=lr, weight_decay=decay, **adam)
         for group in opt.param_groups:
             group["base_lr"] = group["lr"]  # set_schedule scales this
         optimizers[group_name] = opt
@@ -275,7 +271,7 @@ def lr_multiplier(step: int, progress: float, cfg: TrainConfig) -> float:
     """Factor on every group's base learning rate.
 
     `progress` in [0, 1] is the fraction of the run done. The caller passes
-    max(step / iterations, elapsed / max_wallclock_seconds) (the second term only under a wall-clock
+    max(step / iterations, elapsed / train_seconds) (the second term only under a wall-clock
     cap), so under a cap the warm-down starts and ends by time, never by the nominal iteration
     count that the cap stops short of.
 

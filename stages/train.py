@@ -3,7 +3,7 @@
 Runs as one process or under `torchrun --nproc_per_node=N`. The global batch is fixed in
 tokens and split into `grad_accum` micro-batches shared out over the ranks, so the number of
 ranks changes nothing but speed. The run's progress is the larger of step/iterations and
-elapsed/max_wallclock_seconds; the warm-down, the EMA start and the switch to looping are
+elapsed over the training clock (max_wallclock_seconds less gptq_reserve_seconds); the warm-down, the EMA start and the switch to looping are
 defined on that progress, so a wall-clock cap can never leave them unreached or misplaced.
 """
 
@@ -27,7 +27,7 @@ from golfctl.distributed import (DistContext, all_reduce_float64, all_reduce_gra
 from golfctl.ema import EMA
 from golfctl.errors import UserError
 from golfctl.loader import TrainBatches
-from golfctl.model import GPT, parameter_groups
+from golfctl.model import GPT, parameter_groups, unet_layout
 from golfctl.optim import Optimizers, build_optimizers, lr_multiplier
 from golfctl.progress import format_duration
 from golfctl.provenance import provenance
@@ -83,6 +83,7 @@ class _Trainer:
         self.step = 0
         self.elapsed = 0.0  # seconds of training so far, across resumes
         self.stop_signal = 0
+        self.loops = 0  # the loop count of the last step run (0: none yet)
         if run.resume:
             self._restore()
         self.compiled = self._compile()
@@ -158,7 +159,7 @@ class _Trainer:
         try:
             while self.step < cfg.iterations:
                 progress = self._progress()
-                if cfg.max_wallclock_seconds and self.elapsed >= cfg.max_wallclock_seconds:
+                if cfg.train_seconds and self.elapsed >= cfg.train_seconds:
                     stopped = "wallclock"
                     break
                 start = time.perf_counter()
@@ -195,7 +196,7 @@ class _Trainer:
 
     def _progress(self) -> float:
         by_steps = self.step / self.cfg.iterations
-        by_time = self.elapsed / self.cfg.max_wallclock_seconds if self.cfg.max_wallclock_seconds else 0.0
+        by_time = self.elapsed / self.cfg.train_seconds if self.cfg.train_seconds else 0.0
         return min(1.0, max(by_steps, by_time))
 
     def _loops(self, progress: float) -> int:
@@ -205,6 +206,9 @@ class _Trainer:
     def _train_step(self, progress: float) -> torch.Tensor:
         cfg = self.cfg
         loops = self._loops(progress)
+        if loops != self.loops and loops > 1:
+            self._log_looping(loops, progress)
+        self.loops = loops
         self.optimizers.set_schedule(lr_multiplier(self.step, progress, cfg), self.step)
         scale = 1.0 / self.batches.local_micro_batches
         loss_sum = torch.zeros((), device=self.ctx.device)
@@ -246,6 +250,13 @@ class _Trainer:
                   f"{tokens_per_s:,.0f} tok/s  elapsed {format_duration(self.elapsed)}  ETA {format_duration(eta)}")
         self._metrics({"kind": "train", "step": self.step, "loss": value, "lr_mult": lr, "tokens_per_s": tokens_per_s,
                        "elapsed_s": self.elapsed, "eta_s": eta, "progress": progress})
+
+    def _log_looping(self, loops: int, progress: float) -> None:
+        """The layer sequence from here on, in the record's log format (`layer_loop:enabled …`)."""
+        encoder, decoder = unet_layout(self.cfg, loops)
+        self._say(f"layer_loop:enabled step:{self.step} frac:{progress:.3f} encoder:{encoder} decoder:{decoder}")
+        self._metrics({"kind": "loop", "step": self.step, "progress": progress, "loops": loops,
+                       "encoder": encoder, "decoder": decoder})
 
     def _validate(self, limit: int) -> Sums:
         tokens = self.val.tokens[: limit + 1] if limit else self.val.tokens

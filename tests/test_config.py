@@ -12,7 +12,7 @@ def test_presets_exist_and_resolve():
     assert set(preset_names()) >= {"tiny", "baseline", "seed-v2", "record"}
     record = resolve_config(TrainConfig, "record")
     assert (record.num_layers, record.model_dim, record.mlp_activation, record.rope_dims) == (11, 512, "leaky_relu2", 16)
-    assert (record.loop_start, record.loop_end, record.num_loops, record.enable_looping_at) == (3, 5, 2, 0.35)
+    assert (record.loop_start, record.loop_end, record.num_loops, record.enable_looping_at) == (3, 5, 3, 0.35)
     assert (record.train_seq_len, record.train_batch_tokens, record.ema_decay, record.warmdown_frac) == \
         (2048, 786432, 0.9965, 0.72)
     seed = resolve_config(TrainConfig, "seed-v2")

@@ -56,7 +56,8 @@ def expected_param_count(c: ModelConfig) -> int:
             return c.num_layers + (loops - 1) * looped
 
         skips = applications(c.num_loops) // 2  # the training depth's pairs; eval_loops is no shape
-    return c.vocab_size * d + c.num_layers * block + skips * d
+    skip_tensors = 2 if c.skip_gates else 1  # skip_weights, and skip_gates of the same shape
+    return c.vocab_size * d + c.num_layers * block + skip_tensors * skips * d
 
 
 def count(model: torch.nn.Module) -> int:

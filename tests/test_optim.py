@@ -50,18 +50,17 @@ def test_muon_weight_decay_shrinks_weights_without_gradient():
 
 
 @pytest.mark.parametrize("shape", [(48, 16), (16, 48)])
-def test_muon_row_norm_gives_unit_rows(shape):
+def test_muon_row_norm_normalises_rows_before_newton_schulz(shape):
+    """MuonEq-R in the record's order: unit rows, then NS, then the shape scale sqrt(max(1, rows/cols))."""
     G = torch.randn(shape, generator=torch.Generator().manual_seed(1))
-    W = nn.Parameter(torch.zeros(shape))
-    W.grad = G
-    lr = 0.01
-    Muon([W], lr=lr, momentum=0.0, row_norm=True).step()
-    rows = (W.detach() / -lr).norm(dim=1)
-    torch.testing.assert_close(rows, torch.ones(shape[0]), atol=1e-5, rtol=0)
-    # Without row_norm the rows are uneven (strongly so for a tall matrix) but average to the same norm.
-    plain = muon_update(G, steps=5, row_norm=False).norm(dim=1)
-    assert plain.std() > 0.01
-    assert abs(plain.pow(2).mean().sqrt().item() - 1.0) < 0.15
+    unit_rows = G / G.norm(dim=1, keepdim=True)
+    expected = newton_schulz5(unit_rows, 5) * max(1.0, shape[0] / shape[1]) ** 0.5
+    torch.testing.assert_close(muon_update(G, steps=5, row_norm=True), expected, atol=1e-6, rtol=0)
+    # so the update ignores each row's scale, which plain Muon does not
+    rescaled = G * torch.linspace(0.1, 10.0, shape[0])[:, None]
+    torch.testing.assert_close(muon_update(rescaled, steps=5, row_norm=True), expected, atol=1e-5, rtol=0)
+    assert not torch.allclose(muon_update(rescaled, steps=5, row_norm=False), muon_update(G, steps=5, row_norm=False),
+                              atol=1e-3)
 
 
 def test_muon_rejects_non_matrix_params():
@@ -112,7 +111,7 @@ class Tiny(nn.Module):
 
 
 CKPT_CFG = TrainConfig(warmup_steps=2, muon_momentum_warmup_steps=4, grad_clip_norm=1.0, muon_row_norm=True,
-                       adam_weight_decay=0.01, muon_weight_decay=0.01)
+                       embed_weight_decay=0.02, scalar_weight_decay=0.01, muon_weight_decay=0.01)
 
 
 def train_steps(model: Tiny, opts, steps: range, cfg: TrainConfig = CKPT_CFG) -> None:
