@@ -5,7 +5,7 @@ computes Y = X·Wᵀ for activations X (N, cols), and H = XᵀX is (cols, cols).
 symmetric in [-qmax, qmax] with qmax = 2**(bits-1) - 1, one float scale per row:
 Ŵ[r, c] = q[r, c]·s[r].
 
-Scales (`sdclip_scales`) are chosen before any rounding, s = k·std(row)/qmax: values beyond
+Scales (`sdclip_scales`) are chosen before any rounding, s = k·std(row)/qmax (sample std): values beyond
 k standard deviations are clipped to ±qmax. The artifact stores them as float16, so they are
 returned already rounded through float16; quantising with them and dequantising from the
 stored copy then give the same Ŵ.
@@ -51,7 +51,8 @@ def qmax(bits: int) -> int:
 
 
 def sdclip_scales(W: Tensor, bits: int, k: float) -> Tensor:
-    """Per-row SDClip scale s = k·std(row)/qmax (population std), float16-exact; shape (rows,).
+    """Per-row SDClip scale s = k·std(row)/qmax, float16-exact; shape (rows,). std is the sample
+    standard deviation (divisor cols − 1, torch.std's default), as the 2026-04-09 record computes it.
 
     A constant row (std 0) gets max|row|/qmax, so it maps to ±qmax; an all-zero row gets 1.0.
     Scales are clamped into float16's positive normal range and rounded through float16, so
@@ -63,7 +64,7 @@ def sdclip_scales(W: Tensor, bits: int, k: float) -> Tensor:
         raise ValueError(f"k must be positive, got {k}")
     qm = qmax(bits)
     W = W.detach().float()
-    std = W.std(dim=1, correction=0)  # (rows,)
+    std = W.std(dim=1, correction=1)  # (rows,); NaN for one column, which falls to absmax below
     absmax = W.abs().amax(dim=1)  # (rows,)
     scales = torch.where(std > 0, k * std / qm, absmax / qm)
     scales = torch.where(scales > 0, scales, torch.ones_like(scales))
