@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
+from golfctl.config import stored_config
 from golfctl.errors import UserError
 from golfctl.fileio import atomic_write_bytes
 from golfctl.safetensors_io import serialize
@@ -86,7 +87,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
                     raise UserError(f"{path} holds an unexpected tensor {key!r}")
                 tensors[section][name] = f.get_tensor(key)
         return Checkpoint(
-            config=json.loads(meta["config"]),
+            config=stored_config(json.loads(meta["config"])),
             step=int(meta["step"]),
             elapsed_seconds=float(meta["elapsed_seconds"]),
             loader=json.loads(meta["loader"]),

@@ -219,6 +219,22 @@ def config_from_dict(cls: type, values: dict[str, Any], sources: dict[str, str] 
     return cls(**kwargs)
 
 
+# Keys that earlier golfctl releases wrote into files, and the keys that replaced them.
+RENAMED_KEYS = {"adam_weight_decay": ("embed_weight_decay", "scalar_weight_decay")}
+
+
+def stored_config(values: dict[str, Any]) -> dict[str, Any]:
+    """A config read back from a file of any golfctl release, in today's keys: renamed keys mapped
+    and every field added since at its default (new fields default to the old behaviour)."""
+    current = dict(values)
+    for old, new in RENAMED_KEYS.items():
+        if old in current:
+            value = current.pop(old)
+            current.update({key: value for key in new if key not in current})
+    defaults = {f.name: getattr(TrainConfig(), f.name) for f in fields(TrainConfig)}
+    return {**defaults, **current}
+
+
 def config_to_json(cfg: Any) -> str:
     return json.dumps(dataclasses.asdict(cfg), sort_keys=True)
 

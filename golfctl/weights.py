@@ -21,7 +21,7 @@ from safetensors import SafetensorError, safe_open
 
 from golfctl.artifact import MAGIC, dequantized_state, read_artifact
 from golfctl.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, read_metadata
-from golfctl.config import TrainConfig, config_from_dict
+from golfctl.config import TrainConfig, config_from_dict, stored_config
 from golfctl.errors import UserError
 from golfctl.fileio import atomic_write_bytes, sha256_file
 from golfctl.model import GPT
@@ -92,7 +92,7 @@ def _is_artifact(path: Path) -> bool:
 
 def _config(values: dict, path: Path) -> TrainConfig:
     try:
-        return config_from_dict(TrainConfig, values)
+        return config_from_dict(TrainConfig, stored_config(values))
     except UserError as exc:
         raise UserError(f"{path} records a config this golfctl cannot use ({exc})") from None
 

@@ -48,3 +48,18 @@ def test_int_promotes_to_float_but_not_back():
     assert config_from_dict(TrainConfig, {"mlp_mult": 3}).mlp_mult == 3.0
     with pytest.raises(UserError, match="iterations must be int"):
         config_from_dict(TrainConfig, {"iterations": 10.0})
+
+
+def test_configs_stored_by_earlier_releases_still_load():
+    """Files keep the config of the golfctl that wrote them: a renamed key is mapped, and fields
+    added since (the record's XSA, skip gates, …) take defaults that keep the old behaviour."""
+    from dataclasses import asdict
+
+    from golfctl.config import stored_config
+
+    old = {k: v for k, v in asdict(TrainConfig()).items()
+           if k not in ("embed_weight_decay", "scalar_weight_decay", "xsa_last_n", "skip_gates", "rope_reverse")}
+    old["adam_weight_decay"] = 0.01
+    cfg = config_from_dict(TrainConfig, stored_config(old))
+    assert (cfg.embed_weight_decay, cfg.scalar_weight_decay) == (0.01, 0.01)
+    assert (cfg.xsa_last_n, cfg.skip_gates, cfg.rope_reverse) == (0, False, False)
