@@ -57,7 +57,7 @@ from golfctl.errors import UserError
 from golfctl.gptq import dequantize, output_error, quantize_gptq, quantize_rtn, sdclip_scales
 from golfctl.model import parameter_groups
 from golfctl.provenance import device_name
-from golfctl.validation import score_weights
+from golfctl.validation import load_validation_set, score_weights
 from golfctl.weights import build_model, load_weights
 from stages.quantize import QuantizeConfig, run_quantize
 
@@ -277,13 +277,14 @@ def report_quality(weights, paths: dict[str, Path], data: Path, device: torch.de
           "the ans and zstd GPTQ artifacts hold different integers")
     print(f"\nquality: plain validation BPB at eval loops {weights.config.resolved_eval_loops}")
     print(f"  {'weights':<12}{'val_bpb':>9}{'gap':>9}{'seconds':>9}")
+    val = load_validation_set(open_dataset(data), None, weights.config.vocab_size, 1, device)
     start = sync(device)
-    base = score_weights(weights, data, None, device)
+    base = score_weights(weights, val, device)
     print(f"  {'unquantized':<12}{base.bpb:>9.4f}{'':>9}{sync(device) - start:>9.1f}")
     gaps = {}
     for label, key in (("GPTQ", "gptq/ans"), ("RTN", "rtn/ans")):
         start = sync(device)
-        result = score_weights(load_weights(paths[key]), data, None, device)
+        result = score_weights(load_weights(paths[key]), val, device)
         gaps[label] = result.bpb - base.bpb
         print(f"  {label:<12}{result.bpb:>9.4f}{gaps[label]:>+9.4f}{sync(device) - start:>9.1f}")
     print(f"  ({base.tokens:,} validation tokens, {base.bytes:,} bytes; GPTQ's gap is "

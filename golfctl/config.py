@@ -231,8 +231,7 @@ def stored_config(values: dict[str, Any]) -> dict[str, Any]:
         if old in current:
             value = current.pop(old)
             current.update({key: value for key in new if key not in current})
-    defaults = {f.name: getattr(TrainConfig(), f.name) for f in fields(TrainConfig)}
-    return {**defaults, **current}
+    return {**dataclasses.asdict(TrainConfig()), **current}
 
 
 def config_to_json(cfg: Any) -> str:

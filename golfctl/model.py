@@ -125,7 +125,7 @@ def init_matrix(linear: nn.Linear, cfg: ModelConfig) -> None:
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, xsa: bool = False):
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         kv_dim = cfg.num_kv_heads * cfg.head_dim
@@ -139,7 +139,7 @@ class CausalSelfAttention(nn.Module):
         # q and k are unit-RMS per head, so this gain sets the attention temperature
         self.q_gain = nn.Parameter(torch.full((cfg.num_heads,), cfg.qk_gain_init))
         self.rope_reverse = cfg.rope_reverse
-        self.xsa = False  # set per layer by GPT (xsa_last_n)
+        self.xsa = xsa  # remove each head's own value direction from its output (XSA)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
@@ -181,7 +181,7 @@ class Block(nn.Module):
         super().__init__()
         self.parallel = 0 <= cfg.parallel_start <= layer
         self.norm_scale = 1.0 / math.sqrt(layer + 1) if cfg.ln_scale else 1.0
-        self.attn = CausalSelfAttention(cfg)
+        self.attn = CausalSelfAttention(cfg, xsa=layer >= cfg.num_layers - cfg.xsa_last_n)  # the last xsa_last_n
         self.mlp = MLP(cfg)
         self.attn_scale = nn.Parameter(torch.ones(cfg.model_dim))
         self.mlp_scale = nn.Parameter(torch.ones(cfg.model_dim))
@@ -207,8 +207,6 @@ class GPT(nn.Module):
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.model_dim)
         nn.init.normal_(self.tok_emb.weight, std=cfg.tied_embed_init_std)
         self.blocks = nn.ModuleList(Block(cfg, layer) for layer in range(cfg.num_layers))
-        for block in self.blocks[max(0, cfg.num_layers - cfg.xsa_last_n):] if cfg.xsa_last_n else []:
-            block.attn.xsa = True
         self.rotary = Rotary(cfg.rope_dims or cfg.head_dim, cfg.rope_base)
         self.final_norm = FinalNorm()
         n_skips = skip_rows(cfg)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from golfctl.bpb import ByteTables, TorchByteTables
-from golfctl.dataset import Dataset, open_dataset
+from golfctl.dataset import Dataset
 from golfctl.distributed import single_process
 from golfctl.errors import UserError
 from golfctl.fileio import sha256_file
@@ -62,9 +62,8 @@ def load_validation_set(dataset: Dataset, tokenizer: Path | None, vocab_size: in
     return ValidationSet(tokens, TorchByteTables(tables, device), path)
 
 
-def score_weights(weights: Weights, data: Path, tokenizer: Path | None, device: torch.device) -> Sums:
-    """The plain score (golfctl/scoring.py) of `weights` at their evaluation depth, in one process."""
+def score_weights(weights: Weights, val: ValidationSet, device: torch.device) -> Sums:
+    """The plain score (golfctl/scoring.py) of `weights` on `val` at their evaluation depth, in one process."""
     config = weights.config
-    val = load_validation_set(open_dataset(data), tokenizer, config.vocab_size, 1, device)
     return score_plain(build_model(weights, device), val.tokens, val.tables, config.train_seq_len,
                        single_process(device), config.resolved_eval_loops)

@@ -13,9 +13,10 @@ from pathlib import Path
 import torch
 
 from golfctl.checkpoint import CHECKPOINT_FORMAT, read_metadata
-from golfctl.errors import UserError
+from golfctl.dataset import open_dataset
+from golfctl.errors import UserError, refuse_problems
 from golfctl.provenance import provenance
-from golfctl.validation import score_weights
+from golfctl.validation import load_validation_set, score_weights
 from golfctl.weights import load_weights, save_model_file
 
 
@@ -36,9 +37,7 @@ class EmaFinalizeConfig:
 
 
 def run_ema_finalize(cfg: EmaFinalizeConfig) -> dict:
-    problems = cfg.problems()
-    if problems:
-        raise UserError("; ".join(problems))
+    refuse_problems(cfg.problems())
     if read_metadata(cfg.checkpoint).get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{cfg.checkpoint} is not a training checkpoint; pass RUNDIR/ckpt.safetensors")
     weights = load_weights(cfg.checkpoint, raw=cfg.raw)
@@ -47,8 +46,9 @@ def run_ema_finalize(cfg: EmaFinalizeConfig) -> dict:
     _say(f"ema-finalize: wrote {cfg.out} ({weights.origin}, {sum(t.numel() for t in weights.state.values()):,} values)")
     summary: dict = {"out": str(cfg.out), "weights": weights.kind}
     if cfg.compare:
+        val = load_validation_set(open_dataset(cfg.data), cfg.tokenizer, weights.config.vocab_size, 1, device)
         for kind in ("raw", "ema"):
-            result = score_weights(load_weights(cfg.checkpoint, raw=kind == "raw"), cfg.data, cfg.tokenizer, device)
+            result = score_weights(load_weights(cfg.checkpoint, raw=kind == "raw"), val, device)
             summary[kind] = {"val_loss": result.loss, "val_bpb": result.bpb}
             _say(f"  {kind:<4} weights: val_loss {result.loss:.4f}  val_bpb {result.bpb:.4f}  ({result.tokens:,} tokens)")
     return summary

@@ -21,7 +21,7 @@ import torch
 
 from golfctl.dataset import dataset_identity, open_dataset
 from golfctl.distributed import DistContext, on_main, run_distributed
-from golfctl.errors import UserError
+from golfctl.errors import UserError, refuse_problems
 from golfctl.fileio import atomic_write_bytes, sha256_file
 from golfctl.model import ttt_parameters
 from golfctl.precision import autocast
@@ -61,9 +61,7 @@ class EvalConfig:
 
 
 def run_eval(cfg: EvalConfig) -> dict:
-    problems = cfg.problems()
-    if problems:
-        raise UserError("; ".join(problems))
+    refuse_problems(cfg.problems())
     return run_distributed(lambda ctx: _evaluate(cfg, ctx))
 
 

@@ -26,10 +26,10 @@ from golfctl.budget import DEFAULT_BUDGET, Budget, OverBudget, budget_for, code_
 from golfctl.calibration import calibration_batches, collect_hessians
 from golfctl.codec import CODECS, entropy_bound_bytes
 from golfctl.dataset import open_dataset
-from golfctl.errors import UserError
+from golfctl.errors import UserError, refuse_problems
 from golfctl.gptq import dequantize, output_error, quantize_gptq, quantize_rtn, sdclip_scales, weight_error
 from golfctl.model import ROLES, Role, parameter_roles
-from golfctl.validation import score_weights
+from golfctl.validation import load_validation_set, score_weights
 from golfctl.weights import Weights, build_model, load_weights
 
 METHODS = ("gptq", "rtn")
@@ -99,9 +99,7 @@ class Quantized:
 
 
 def run_quantize(cfg: QuantizeConfig) -> dict:
-    problems = cfg.problems()
-    if problems:
-        raise UserError("; ".join(problems))
+    refuse_problems(cfg.problems())
     weights = load_weights(cfg.model)
     _say(f"quantize: {cfg.model}: {weights.origin}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -243,8 +241,9 @@ def _report(result: Quantized, budget: Budget) -> None:
 def _evaluate(weights: Weights, cfg: QuantizeConfig) -> dict:
     """Plain validation BPB of the unquantized weights and of the artifact just written."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    before = score_weights(weights, cfg.data, cfg.tokenizer, device)
-    after = score_weights(load_weights(cfg.out), cfg.data, cfg.tokenizer, device)
+    val = load_validation_set(open_dataset(cfg.data), cfg.tokenizer, weights.config.vocab_size, 1, device)
+    before = score_weights(weights, val, device)
+    after = score_weights(load_weights(cfg.out), val, device)
     _say(f"quantize --eval: val_bpb unquantized {before.bpb:.4f}, quantized {after.bpb:.4f}, "
          f"gap {after.bpb - before.bpb:+.4f} ({after.tokens:,} tokens)")
     return {"val_bpb_unquantized": before.bpb, "val_bpb_quantized": after.bpb}

@@ -24,7 +24,7 @@ from golfctl import __version__
 from golfctl.bpb import ByteTables
 from golfctl.corpus import Corpus, open_corpus
 from golfctl.dataset import MANIFEST_FORMAT, MANIFEST_NAME, MANIFEST_VERSION, TOKENIZER_NAME, is_dataset_folder
-from golfctl.errors import UserError
+from golfctl.errors import UserError, refuse_problems
 from golfctl.fileio import sha256_bytes, staged_directory
 from golfctl.progress import Progress
 from golfctl.shards import BOS_ID, MAX_VOCAB, ShardWriter
@@ -76,9 +76,7 @@ class TokenizeConfig:
 
 def run_tokenize(cfg: TokenizeConfig) -> dict:
     """Build the dataset folder `cfg.out`; return its manifest."""
-    problems = cfg.problems()
-    if problems:
-        raise UserError("; ".join(problems))
+    refuse_problems(cfg.problems())
     out = Path(cfg.out)
     replace = _check_output_folder(out, cfg.force)
     corpus = open_corpus(cfg.corpus)

@@ -3,8 +3,9 @@
 Runs as one process or under `torchrun --nproc_per_node=N`. The global batch is fixed in
 tokens and split into `grad_accum` micro-batches shared out over the ranks, so the number of
 ranks changes nothing but speed. The run's progress is the larger of step/iterations and
-elapsed over the training clock (max_wallclock_seconds less gptq_reserve_seconds); the warm-down, the EMA start and the switch to looping are
-defined on that progress, so a wall-clock cap can never leave them unreached or misplaced.
+elapsed over the training clock (max_wallclock_seconds less gptq_reserve_seconds); the
+warm-down, the EMA start and the switch to looping are defined on that progress, so a
+wall-clock cap can never leave them unreached or misplaced.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from golfctl.dataset import dataset_identity, open_dataset
 from golfctl.distributed import (DistContext, all_reduce_float64, all_reduce_gradients, mean_over_ranks, on_main,
                                  run_distributed)
 from golfctl.ema import EMA
-from golfctl.errors import UserError
+from golfctl.errors import UserError, refuse_problems
 from golfctl.loader import TrainBatches
 from golfctl.model import GPT, parameter_groups, unet_layout
 from golfctl.optim import Optimizers, build_optimizers, lr_multiplier
@@ -59,9 +60,7 @@ class TrainRun:
 
 def run_train(run: TrainRun) -> dict:
     """Train (or resume) a run; return a summary of where and why it stopped."""
-    problems = run.problems()
-    if problems:
-        raise UserError("; ".join(problems))
+    refuse_problems(run.problems())
     return run_distributed(lambda ctx: _Trainer(run, ctx).train())
 
 

@@ -63,3 +63,13 @@ def test_configs_stored_by_earlier_releases_still_load():
     cfg = config_from_dict(TrainConfig, stored_config(old))
     assert (cfg.embed_weight_decay, cfg.scalar_weight_decay) == (0.01, 0.01)
     assert (cfg.xsa_last_n, cfg.skip_gates, cfg.rope_reverse) == (0, False, False)
+
+
+def test_record_fields_are_checked():
+    with pytest.raises(UserError) as err:
+        resolve_config(TrainConfig, "record", None, ("xsa_last_n=12", "gptq_reserve_seconds=700",
+                                                     "embed_weight_decay=-1", "scalar_weight_decay=-0.5"))
+    message = str(err.value)
+    for fragment in ("xsa_last_n must be in 0..num_layers (11), got 12", "gptq_reserve_seconds 700.0 must be below",
+                     "embed_weight_decay must be >= 0", "scalar_weight_decay must be >= 0"):
+        assert fragment in message
