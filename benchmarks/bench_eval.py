@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> None:
 
     plain_plan = plain_windows(tokens.size, seq_len)
     sliding_plan = sliding_windows(tokens.size, seq_len, stage.stride)
-    scorer = Scorer(model, val.tables, single_process(device), loops, stage.batch_seqs)
+    scorer = Scorer(model, val.tables, single_process(device), loops, stage.batch_seqs, seq_len)
     ttt_config = dataclasses.replace(stage.ttt_config, chunk_tokens=args.ttt_chunk_tokens)
     rows = {}
     rows["plain"] = best_of(args.repeats, lambda: scorer.score(tokens, plain_plan))

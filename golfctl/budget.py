@@ -21,6 +21,7 @@ CODE_FILES = (
     "golfctl/artifact.py",
     "golfctl/config.py",
     "golfctl/model.py",
+    "golfctl/attention.py",
 )
 
 

@@ -10,7 +10,8 @@ The dataclass is the one source of each option's name, type, default and help. F
 - `cli`: False keeps the field off the command line; the command passes it to `config_from`.
 
 A field `batch_seqs` is the option `--batch-seqs`; one without a default is required. A bool
-defaulting to True is `--name/--no-name`, one defaulting to False the flag `--name`. Types: Path,
+defaulting to True (or to None: unset unless given) is `--name/--no-name`, one defaulting to
+False the flag `--name`. Types: Path,
 int, float, str and bool, each optionally `| None`. Ranges are not checked here: each config's
 `problems()` lists them, checked by its stage entry so that every problem is reported at once.
 """
@@ -110,8 +111,8 @@ def _parameter(f: dataclasses.Field, hint: Any, default: Any, dest: str, name: s
     common = {"help": help_text, "show_default": not (help_text and "[default:" in help_text)}
     if required:
         return click.Option([flag, dest], type=kind, required=True, **common)
-    if base is bool and default:
-        return click.Option([f"{flag}/--no-{flag[2:]}", dest], default=True, **common)
+    if base is bool and default is not False:  # True, or None for "decided elsewhere unless given"
+        return click.Option([f"{flag}/--no-{flag[2:]}", dest], default=default, **common)
     if base is bool:
         return click.Option([flag, dest], is_flag=True, default=False, **common)
     return click.Option([flag, dest], type=kind, default=default, **common)

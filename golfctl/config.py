@@ -19,6 +19,7 @@ from typing import Any
 from golfctl.errors import UserError
 
 MLP_ACTIVATIONS = ("relu2", "leaky_relu2")
+COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")
 
 
 @dataclass(frozen=True)
@@ -115,8 +116,11 @@ class TrainConfig(ModelConfig):
     warmdown_frac: float = 0.2  # linear decay over the last fraction of the run (steps or time budget)
     min_lr_frac: float = 0.0  # learning-rate floor, as a fraction of each group's rate
     enable_looping_at: float = 0.0  # run the loops only once this fraction of the run has passed
-    compile: bool = True  # torch.compile on CUDA (ignored elsewhere)
-    compile_warmup_steps: int = 20  # steps on random tokens before training (CUDA); weights and data untouched
+    compile: bool = True  # torch.compile the model and Newton–Schulz (any device; eval follows it by default)
+    compile_backend: str = "inductor"  # inductor; aot_eager compiles in seconds (same graphs and guards)
+    # Steps of the timed loop's own step on random tokens before the clock, at least one per loop
+    # state, when compiled; weights, EMA, optimizer and RNG are restored bit-exactly after them.
+    compile_warmup_steps: int = 20
     embed_lr: float = 0.05  # Adam, tied embedding
     scalar_lr: float = 0.04  # Adam, vectors and control tensors
     matrix_lr: float = 0.04  # Muon, 2-D block matrices
@@ -149,6 +153,8 @@ class TrainConfig(ModelConfig):
                   "muon_weight_decay", "val_every", "val_max_tokens", "checkpoint_every", "warmup_steps",
                   "compile_warmup_steps", "muon_momentum_warmup_steps", "grad_clip_norm")
         p += [f"{k} must be >= 0, got {getattr(self, k)}" for k in nonneg if getattr(self, k) < 0]
+        if self.compile_backend not in COMPILE_BACKENDS:
+            p.append(f"compile_backend must be one of {COMPILE_BACKENDS}, got {self.compile_backend!r}")
         if self.gptq_reserve_seconds and not 0 < self.gptq_reserve_seconds < self.max_wallclock_seconds:
             p.append(f"gptq_reserve_seconds {self.gptq_reserve_seconds} must be below max_wallclock_seconds "
                      f"{self.max_wallclock_seconds} (it is carved out of that cap)")

@@ -22,6 +22,14 @@ from golfctl.errors import UserError
 from golfctl.shards import load_shard
 
 
+def micro_batch(tokens: torch.Tensor, seq_len: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, targets), each (n, seq_len), from n·seq_len + 1 int64 CPU tokens: the one way a
+    training micro-batch is laid out (views of one device tensor), so that the compile warm-up,
+    which calls this on random tokens, sees the shapes and strides of the timed loop."""
+    tokens = tokens.to(device, non_blocking=True)
+    return tokens[:-1].view(-1, seq_len), tokens[1:].view(-1, seq_len)
+
+
 class TokenStream:
     """Random access to a split's concatenated shards without loading them into memory."""
 
@@ -84,8 +92,7 @@ class TrainBatches:
         start = self.chunk_start(step)
         for micro in range(self.rank, self.grad_accum, self.world_size):
             tokens = torch.from_numpy(self.stream.read(start + micro * self.micro_tokens, self.micro_tokens + 1))
-            tokens = tokens.to(device, non_blocking=True)
-            yield tokens[:-1].view(-1, self.seq_len), tokens[1:].view(-1, self.seq_len)
+            yield micro_batch(tokens, self.seq_len, device)
 
     @property
     def local_micro_batches(self) -> int:

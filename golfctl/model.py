@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from golfctl.attention import causal_attention
 from golfctl.config import ModelConfig
 
 
@@ -149,8 +150,7 @@ class CausalSelfAttention(nn.Module):
         q = apply_rotary(norm(q), cos, sin, self.rope_reverse)
         q = q * self.q_gain.to(q.dtype)[:, None, None]  # (H,) broadcast over (B, H, T, D)
         k = apply_rotary(norm(k), cos, sin, self.rope_reverse)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
-                                           enable_gqa=self.num_kv_heads != self.num_heads)  # (B, H, T, D)
+        y = causal_attention(q, k, v)  # (B, H, T, D)
         if self.xsa:
             y = remove_value_direction(y, v)
         return self.proj(y.transpose(1, 2).reshape(B, T, -1))

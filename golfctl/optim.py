@@ -19,6 +19,9 @@ safetensors file next to the weights with no pickle. Keys, all under `STATE_PREF
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -33,33 +36,35 @@ _MUON_STATE = ("momentum_buffer",)
 
 
 def newton_schulz5(G: Tensor, steps: int) -> Tensor:
-    """Approximately orthogonalise G (rows, cols): U·Vᵀ of its SVD, singular values pushed into ~[0.7, 1.2].
+    """Approximately orthogonalise each matrix of G (..., rows, cols): U·Vᵀ of its SVD, singular
+    values pushed into ~[0.7, 1.2].
 
     The quintic X ← aX + (bA + cA²)X with A = XXᵀ maximises the slope at zero, so small singular
-    values grow fast; the price is that they oscillate around 1 instead of converging. G is first
-    scaled by its Frobenius norm so that every singular value starts ≤ 1. A tall G is transposed
-    so that A is the smaller (min(rows, cols))² Gram matrix.
+    values grow fast; the price is that they oscillate around 1 instead of converging. Each matrix
+    is first scaled by its Frobenius norm so that every singular value starts ≤ 1. Tall matrices
+    are transposed so that A is the smaller (min(rows, cols))² Gram matrix. A stack of matrices of
+    one shape is one batched computation (and, compiled, one graph).
 
     Computes in bfloat16 on CUDA (tensor cores; NS tolerates the precision) and in float32
     elsewhere, where CPU bfloat16 matmuls are ~90x slower. Returns that dtype.
     """
-    if G.ndim != 2:
-        raise ValueError(f"newton_schulz5 takes a matrix, got shape {tuple(G.shape)}")
+    if G.ndim < 2:
+        raise ValueError(f"newton_schulz5 takes matrices, got shape {tuple(G.shape)}")
     a, b, c = NS_COEFFS
     X = G.to(_ns_dtype(G.device))
-    X = X / (X.norm() + 1e-7)  # eps: a zero gradient gives a zero update, not NaN
-    tall = X.size(0) > X.size(1)
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) + 1e-7)  # eps: a zero gradient gives a zero update, not NaN
+    tall = X.size(-2) > X.size(-1)
     if tall:
         X = X.mT
     for _ in range(steps):
-        A = X @ X.mT  # (r, r), r = min(rows, cols)
+        A = X @ X.mT  # (..., r, r), r = min(rows, cols)
         B = b * A + c * (A @ A)
         X = a * X + B @ X
     return X.mT if tall else X
 
 
 def muon_update(direction: Tensor, steps: int, row_norm: bool) -> Tensor:
-    """The Muon step direction (before the learning rate) for a (rows, cols) momentum direction.
+    """The Muon step direction (before the learning rate) for momentum directions (..., rows, cols).
 
     With `row_norm` (MuonEq-R, in the 2026-04-09 record's order), every row of the direction is
     first scaled to unit L2 norm (an all-zero row stays zero), so no row dominates the
@@ -70,7 +75,7 @@ def muon_update(direction: Tensor, steps: int, row_norm: bool) -> Tensor:
     if row_norm:
         direction = direction / direction.float().norm(dim=-1, keepdim=True).clamp_min(1e-7).to(direction.dtype)
     update = newton_schulz5(direction, steps)
-    rows, cols = update.shape
+    rows, cols = update.shape[-2:]
     return update * max(1.0, rows / cols) ** 0.5
 
 
@@ -84,19 +89,23 @@ class Muon(torch.optim.Optimizer):
     gradients and updates every momentum buffer (cheap, and it keeps the full state on rank 0
     for checkpoints). Only the expensive orthogonalisation is split: parameter i is done on rank
     i % world_size into its slice of one flat buffer, zeros elsewhere, and one all-reduce (sum)
-    hands every rank all updates, so all ranks apply identical steps.
+    hands every rank all updates, so all ranks apply identical steps. A rank orthogonalises its
+    parameters of one shape as one stack, through `orthogonalize` (`muon_update`, or that
+    function compiled: then one graph per shape).
 
     The caller warms up momentum by setting group["momentum"] (see `muon_momentum`).
     """
 
     def __init__(self, params, lr: float, momentum: float = 0.95, nesterov: bool = True,
-                 backend_steps: int = 5, row_norm: bool = False, weight_decay: float = 0.0):
+                 backend_steps: int = 5, row_norm: bool = False, weight_decay: float = 0.0,
+                 orthogonalize: Callable[[Tensor, int, bool], Tensor] = muon_update):
         if lr < 0 or not 0.0 <= momentum < 1.0 or backend_steps < 1 or weight_decay < 0:
             raise ValueError(f"bad Muon settings: lr={lr}, momentum={momentum}, "
                              f"backend_steps={backend_steps}, weight_decay={weight_decay}")
         defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, backend_steps=backend_steps,
                         row_norm=row_norm, weight_decay=weight_decay)
         super().__init__(params, defaults)
+        self.orthogonalize = orthogonalize
         shapes = [tuple(p.shape) for g in self.param_groups for p in g["params"] if p.ndim != 2]
         if shapes:
             raise ValueError(f"Muon takes 2-D parameters only, got shapes {shapes}")
@@ -119,28 +128,33 @@ class Muon(torch.optim.Optimizer):
             return
         flat = torch.zeros(sum(p.numel() for p in params), device=params[0].device,
                            dtype=_ns_dtype(params[0].device))
-        offset = 0
+        offsets = list(itertools.accumulate((p.numel() for p in params), initial=0))
+        mine: dict[tuple[int, ...], list[int]] = {}  # shape → this rank's parameter indices
         for i, p in enumerate(params):
-            buf = self._update_momentum(p, group["momentum"])
+            self._update_momentum(p, group["momentum"])
             if i % world_size == rank:
-                direction = p.grad.add(buf, alpha=group["momentum"]) if group["nesterov"] else buf
-                update = muon_update(direction, group["backend_steps"], group["row_norm"])
-                flat[offset:offset + p.numel()] = update.flatten()
-            offset += p.numel()
+                mine.setdefault(tuple(p.shape), []).append(i)
+        for indices in mine.values():
+            directions = torch.stack([self._direction(params[i], group) for i in indices])  # (n, rows, cols)
+            updates = self.orthogonalize(directions, group["backend_steps"], group["row_norm"])
+            for i, update in zip(indices, updates):
+                flat[offsets[i]:offsets[i + 1]] = update.flatten()
         all_reduce_sum_(flat)  # exact: each slice is non-zero on one rank only
         lr, decay = group["lr"], group["weight_decay"]
-        offset = 0
-        for p in params:
+        for i, p in enumerate(params):
             if decay:
                 p.mul_(1.0 - lr * decay)
-            p.add_(flat[offset:offset + p.numel()].view_as(p).to(p.dtype), alpha=-lr)
-            offset += p.numel()
+            p.add_(flat[offsets[i]:offsets[i + 1]].view_as(p).to(p.dtype), alpha=-lr)
 
-    def _update_momentum(self, p: Tensor, momentum: float) -> Tensor:
+    def _direction(self, p: Tensor, group: dict) -> Tensor:
+        buf = self.state[p]["momentum_buffer"]
+        return p.grad.add(buf, alpha=group["momentum"]) if group["nesterov"] else buf
+
+    def _update_momentum(self, p: Tensor, momentum: float) -> None:
         state = self.state[p]
         if "momentum_buffer" not in state:
             state["momentum_buffer"] = torch.zeros_like(p.grad)
-        return state["momentum_buffer"].mul_(momentum).add_(p.grad)
+        state["momentum_buffer"].mul_(momentum).add_(p.grad)
 
 
 class Optimizers:
@@ -235,8 +249,10 @@ class Optimizers:
 
 
 def build_optimizers(named_groups: dict[str, list[tuple[str, nn.Parameter]]], cfg: TrainConfig,
-                     device: torch.device | str) -> Optimizers:
-    """AdamW for "embed" and "scalar", Muon for "matrix"; a group that is absent or empty gets none."""
+                     device: torch.device | str,
+                     orthogonalize: Callable[[Tensor, int, bool], Tensor] = muon_update) -> Optimizers:
+    """AdamW for "embed" and "scalar", Muon (orthogonalising with `orthogonalize`, which may be
+    `muon_update` compiled) for "matrix"; a group that is absent or empty gets none."""
     unknown = sorted(set(named_groups) - set(GROUPS))
     if unknown:
         raise ValueError(f"unknown parameter groups {unknown}; expected {list(GROUPS)}")
@@ -255,7 +271,7 @@ def build_optimizers(named_groups: dict[str, list[tuple[str, nn.Parameter]]], cf
         if group_name == "matrix":
             opt = Muon(params, lr=cfg.matrix_lr, momentum=muon_momentum(0, cfg),
                        backend_steps=cfg.muon_backend_steps, row_norm=cfg.muon_row_norm,
-                       weight_decay=cfg.muon_weight_decay)
+                       weight_decay=cfg.muon_weight_decay, orthogonalize=orthogonalize)
         else:
             lr, decay = ((cfg.embed_lr, cfg.embed_weight_decay) if group_name == "embed"
                          else (cfg.scalar_lr, cfg.scalar_weight_decay))

@@ -19,6 +19,11 @@ Window policies (each plan scores every target position 1..n-1 exactly once, in 
 - **chunked** (`windows_by_chunk`): a sliding plan grouped by the chunk of C targets that holds
   each window's first scored target; score-first TTT (golfctl/ttt.py) scores chunk by chunk.
 
+Fixed shapes. Every forward is (batch_seqs, seq_len), whatever the plan: a rank's last, partial
+batch is filled with rows that score nothing, and a window shorter than seq_len (a stream
+shorter than one window) is padded on the right, where causal attention cannot see it. So a
+compiled model meets one shape, compiled once before the clock (see `warm_up` in golfctl/ttt.py).
+
 Distributed. Ranks take contiguous ranges of windows; float64 sums are all-reduced, so every
 rank returns the same totals and the number of ranks changes results only by float rounding.
 """
@@ -124,17 +129,18 @@ def windows_by_chunk(windows: Sequence[Window], chunk_tokens: int) -> list[list[
 @dataclass(frozen=True)
 class Scorer:
     """What scoring needs besides the tokens: the model (compiled or not), byte tables, ranks,
-    loop count and windows per forward."""
+    loop count, and the one forward shape (batch_seqs, seq_len)."""
 
     model: nn.Module
     tables: TorchByteTables
     ctx: DistContext
     loops: int
     batch_seqs: int
+    seq_len: int
 
     def __post_init__(self):
-        if self.batch_seqs < 1:
-            raise ValueError(f"batch_seqs must be positive, got {self.batch_seqs}")
+        if self.batch_seqs < 1 or self.seq_len < 1:
+            raise ValueError(f"batch_seqs and seq_len must be positive, got {self.batch_seqs}, {self.seq_len}")
 
     def score(self, tokens: Tokens, windows: Sequence[Window], progress: Progress | None = None,
               per_target: bool = False) -> Sums:
@@ -164,28 +170,36 @@ class Scorer:
         return Sums(nll, int(n_tokens), int(n_bytes))
 
     def _score_batch(self, tokens: Tokens, batch: list[Window], target_nll: Tensor | None) -> Tensor:
-        device, length = self.ctx.device, batch[0].length
-        rows = token_rows(tokens, [w.start for w in batch], length + 1, device)  # (B, T+1)
-        x, y = rows[:, :-1], rows[:, 1:]  # (B, T) inputs and targets
+        device, length, width = self.ctx.device, batch[0].length, self.seq_len
+        if length > width:
+            raise ValueError(f"window of {length} inputs is longer than the scorer's seq_len {width}")
+        rows = padded_rows(tokens, [w.start for w in batch], length + 1, self.batch_seqs, width + 1, device)
+        x, y = rows[:, :-1], rows[:, 1:]  # (batch_seqs, seq_len) inputs and targets
         with autocast(device):
-            nll = self.model(x, y, loops=self.loops, reduction="none").double()  # (B, T)
-        offsets = torch.tensor([w.offset for w in batch], device=device)  # (B,)
-        columns = torch.arange(length, device=device)  # (T,)
-        scored = columns[None, :] >= offsets[:, None]  # (B, T): each row scores its last n_scored targets
+            nll = self.model(x, y, loops=self.loops, reduction="none").double()  # (batch_seqs, seq_len)
+        # a filler row's offset is the width: it scores nothing
+        offsets = torch.tensor([w.offset for w in batch] + [width] * (self.batch_seqs - len(batch)), device=device)
+        columns = torch.arange(width, device=device)  # (seq_len,)
+        # each real row scores its last n_scored targets, none of the padding after `length`
+        scored = (columns[None, :] >= offsets[:, None]) & (columns[None, :] < length)  # (batch_seqs, seq_len)
         n_bytes = torch.where(scored, self.tables.target_bytes(x, y), 0).sum()
         if target_nll is not None:
-            positions = torch.tensor([w.start + 1 for w in batch], device=device)[:, None] + columns  # (B, T)
+            starts = [w.start + 1 for w in batch] + [0] * (self.batch_seqs - len(batch))
+            positions = torch.tensor(starts, device=device)[:, None] + columns  # (batch_seqs, seq_len)
             target_nll[positions[scored]] = nll[scored]
         return torch.stack((torch.where(scored, nll, 0.0).sum(), n_bytes.double()))  # (2,)
 
 
 def score_plain(model: nn.Module, tokens: Tokens, tables: TorchByteTables, seq_len: int, ctx: DistContext,
                 loops: int, progress: Progress | None = None) -> Sums:
-    """The plain score (module docstring) of the whole stream `tokens`, PLAIN_BATCH_TOKENS per forward."""
+    """The plain score (module docstring) of the whole stream `tokens`, up to PLAIN_BATCH_TOKENS per
+    forward (fewer for a short stream, which one padded batch would waste)."""
     was_training = model.training
     try:
-        scorer = Scorer(model, tables, ctx, loops, max(1, PLAIN_BATCH_TOKENS // seq_len))
-        return scorer.score(tokens, plain_windows(len(tokens), seq_len), progress)
+        windows = plain_windows(len(tokens), seq_len)
+        per_rank = -(-len(windows) // ctx.world_size)
+        scorer = Scorer(model, tables, ctx, loops, max(1, min(PLAIN_BATCH_TOKENS // seq_len, per_rank)), seq_len)
+        return scorer.score(tokens, windows, progress)
     finally:
         model.train(was_training)
 
@@ -195,13 +209,26 @@ def new_target_buffer(windows: Sequence[Window], ctx: DistContext) -> Tensor:
     return torch.zeros(windows[-1].end + 1, dtype=torch.float64, device=ctx.device)
 
 
-def token_rows(tokens: Tokens, starts: Sequence[int], length: int, device: torch.device) -> Tensor:
+def _token_rows(tokens: Tokens, starts: Sequence[int], length: int, device: torch.device) -> Tensor:
     """(len(starts), length) int64 rows tokens[a:a+length], on `device`."""
     if isinstance(tokens, np.ndarray):
         index = np.asarray(starts, dtype=np.int64)[:, None] + np.arange(length)
         return torch.from_numpy(tokens[index].astype(np.int64)).to(device)
     index = torch.as_tensor(starts, device=tokens.device)[:, None] + torch.arange(length, device=tokens.device)
     return tokens[index].long().to(device)
+
+
+def padded_rows(tokens: Tokens, starts: Sequence[int], length: int, n_rows: int, width: int,
+                device: torch.device) -> Tensor:
+    """(n_rows, width) int64: rows tokens[a:a+length] for a in `starts` (length <= width, len(starts)
+    <= n_rows), zero-padded on the right and below, so that every forward has one shape."""
+    rows = _token_rows(tokens, starts, length, device) if starts else None
+    if rows is not None and rows.shape == (n_rows, width):
+        return rows
+    out = torch.zeros(n_rows, width, dtype=torch.int64, device=device)
+    if rows is not None:
+        out[:len(starts), :length] = rows
+    return out
 
 
 def check_plan(windows: Sequence[Window], n_tokens: int | None = None, first: int | None = 1) -> None:

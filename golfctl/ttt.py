@@ -9,7 +9,10 @@ highest scored position and refuses any training sequence that reaches past it.
 Training on a chunk: `epochs` passes over its sequences (`chunk_sequences`) in stream order,
 `batch_seqs` sequences per SGD step over all ranks (each rank takes a contiguous share), the
 mean loss of the step, gradients summed over ranks, norm clipped to `grad_clip` (0 = off),
-learning rate lr·0.5·(1 + cos(π·i/(n_chunks − 1))); momentum carries across chunks.
+learning rate lr·0.5·(1 + cos(π·i/(n_chunks − 1))); momentum carries across chunks. Every rank's
+training forward has one shape, `step_rows` sequences (the most a step can give a rank): a
+shorter share is filled with rows whose loss weight is 0 (`padded_step_loss`), so one graph
+serves every step. `warm_up` compiles every graph of a TTT eval on random tokens.
 """
 
 from __future__ import annotations
@@ -17,15 +20,16 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from golfctl.distributed import all_reduce_gradients, all_reduce_sum_, share
 from golfctl.precision import autocast
 from golfctl.progress import Progress
-from golfctl.scoring import Scorer, Sums, Tokens, Window, new_target_buffer, token_rows, windows_by_chunk
+from golfctl.scoring import (Scorer, Sums, Tokens, Window, new_target_buffer, padded_rows, plain_windows,
+                             windows_by_chunk)
 
 
 @dataclass(frozen=True)
@@ -136,14 +140,10 @@ class _ChunkTrainer:
     def _step(self, step: Sequence[int]) -> None:
         ctx = self.scorer.ctx
         self.opt.zero_grad(set_to_none=True)
-        mine = share(step, ctx)
-        if mine:  # a rank may get no sequence of a short step; it still joins the all-reduce
-            rows = token_rows(self.tokens, mine, self.seq_len + 1, ctx.device)  # (b, T+1)
-            with autocast(ctx.device):
-                losses = self.scorer.model(rows[:, :-1], rows[:, 1:], loops=self.scorer.loops,
-                                           reduction="none")  # (b, T) float32
-            # Divided by the whole step's target count: the sum over ranks is the gradient of the step's mean loss.
-            (losses.sum() / (len(step) * self.seq_len)).backward()
+        rows = step_rows(self.cfg, self.seq_len, ctx.world_size)
+        loss = padded_step_loss(self.scorer.model, self.tokens, share(step, ctx), rows, self.seq_len,
+                                self.scorer.loops, len(step) * self.seq_len, ctx.device)
+        loss.backward()  # a rank whose share is empty still runs the forward: it joins the all-reduce
         for p in self.params:  # a missing gradient is zero on every rank, so all reduce the same tensors
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
@@ -151,6 +151,38 @@ class _ChunkTrainer:
         if self.cfg.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
         self.opt.step()
+
+
+def step_rows(cfg: TTTConfig, seq_len: int, world_size: int) -> int:
+    """Rows of every rank's training forward: a step holds at most min(batch_seqs, sequences in a
+    chunk) sequences, shared out over the ranks in contiguous slices."""
+    return -(-min(cfg.batch_seqs, cfg.chunk_tokens // seq_len) // world_size)
+
+
+def warm_up(scorer: Scorer, vocab_size: int, cfg: TTTConfig | None, params: Sequence[nn.Parameter]) -> None:
+    """Run, on random tokens (never validation tokens), every compiled call an eval makes: a score
+    with the model's own parameter flags and, with `cfg`, `score_first_ttt` over two chunks, so its
+    scoring (under TTT's flags) and one training step of `step_rows` rows. The weights change:
+    the caller restores them."""
+    seq_len = scorer.seq_len
+    per_chunk = min(cfg.batch_seqs, cfg.chunk_tokens // seq_len) if cfg is not None else 1
+    tokens = torch.randint(0, vocab_size, (2 * per_chunk * seq_len + 1,), generator=torch.Generator().manual_seed(0))
+    windows = plain_windows(tokens.numel(), seq_len)
+    scorer.score(tokens, windows)
+    if cfg is not None:  # chunks of per_chunk sequences: the same step_rows as cfg's, one step
+        score_first_ttt(scorer, tokens, windows, replace(cfg, chunk_tokens=per_chunk * seq_len, epochs=1), params)
+
+
+def padded_step_loss(model: nn.Module, tokens: Tokens, starts: Sequence[int], n_rows: int, seq_len: int, loops: int,
+                     step_targets: int, device: torch.device) -> Tensor:
+    """Σ nll of the sequences at `starts` / step_targets, computed as one (n_rows, seq_len) forward:
+    filler rows are weighted 0, so the loss and its gradient are those of the real rows alone.
+    Divided by the whole step's target count, the sum over ranks is the gradient of the step's mean."""
+    rows = padded_rows(tokens, starts, seq_len + 1, n_rows, seq_len + 1, device)  # (n_rows, T+1)
+    weight = (torch.arange(n_rows, device=device) < len(starts)).float()[:, None]  # (n_rows, 1)
+    with autocast(device):
+        losses = model(rows[:, :-1], rows[:, 1:], loops=loops, reduction="none")  # (n_rows, T) float32
+    return (losses * weight).sum() / step_targets
 
 
 @contextlib.contextmanager

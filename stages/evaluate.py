@@ -11,6 +11,7 @@ checked against the manifest before any scoring.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -19,15 +20,18 @@ from pathlib import Path
 
 import torch
 
+from golfctl.attention import select_attention
+from golfctl.compile import Compiler
+from golfctl.config import COMPILE_BACKENDS, TrainConfig, resolve_config
 from golfctl.dataset import dataset_identity, open_dataset
 from golfctl.distributed import DistContext, on_main, run_distributed
 from golfctl.errors import UserError, refuse_problems
 from golfctl.fileio import atomic_write_bytes, sha256_file
 from golfctl.model import ttt_parameters
-from golfctl.precision import autocast
+from golfctl.plan import forward_flops_per_token, measured_rates, plan_lines, record_rates, scoring_work, seconds, ttt_work
 from golfctl.progress import Progress
 from golfctl.scoring import Scorer, Sums, plain_windows, sliding_windows
-from golfctl.ttt import TTTConfig, TTTResult, score_first_ttt
+from golfctl.ttt import TTTConfig, TTTResult, score_first_ttt, warm_up
 from golfctl.validation import load_validation_set
 from golfctl.weights import build_model, load_weights
 
@@ -37,9 +41,10 @@ EVAL_VERSION = 1
 
 @dataclass(frozen=True)
 class EvalConfig:
-    model: Path = field(metadata={"argument": True})
-    data: Path = field(metadata={"help": "Dataset folder (its validation split)."})
-    out: Path = field(metadata={"help": "Where to write eval.json."})
+    model: Path | None = field(default=None, metadata={"argument": True})
+    data: Path | None = field(default=None, metadata={
+        "help": "Dataset folder (its validation split); with --plan, or --max-val-tokens instead."})
+    out: Path | None = field(default=None, metadata={"help": "Where to write eval.json (required unless --plan)."})
     seq_len: int = field(default=0, metadata={"help": "Window length [default: the model's train_seq_len]."})
     stride: int = field(default=64, metadata={"help": "Sliding-window step."})
     batch_seqs: int = field(default=32, metadata={"help": "Windows per forward."})
@@ -47,41 +52,83 @@ class EvalConfig:
     sliding: bool = field(default=True, metadata={"help": "Score sliding windows."})
     ttt: bool = field(default=False, metadata={"help": "Also score with score-first test-time training."})
     ttt_config: TTTConfig = field(default_factory=TTTConfig, metadata={"prefix": "ttt"})
+    compile: bool | None = field(default=None, metadata={
+        "help": "torch.compile every forward, warmed up on random tokens [default: the model's `compile`]."})
+    compile_backend: str | None = field(default=None, metadata={
+        "choices": COMPILE_BACKENDS, "help": "Compile backend [default: the model's `compile_backend`]."})
     eval_loops: int = field(default=0, metadata={"help": "Loop count [default: the model's eval_loops]."})
     max_val_tokens: int = field(default=0, metadata={"help": "Score only the first N tokens (quick runs)."})
     tokenizer: Path | None = field(default=None, metadata={
         "help": "Tokenizer .model for datasets that carry none (official folders)."})
+    plan: bool = field(default=False, metadata={
+        "help": "Print the work and the estimated seconds on H100s (golfctl/plan.py); score nothing."})
+    world_size: int = field(default=0, metadata={"help": "With --plan: ranks to plan for [default: this run's]."})
+    preset: str | None = field(default=None, metadata={"help": "With --plan: plan a preset's model instead of MODEL."})
+    rates: Path | None = field(default=None, metadata={
+        "help": "With --plan: JSON from benchmarks/bench_gpu.py [default: rates calibrated from the 2026-04-09 "
+                "record's log]."})
 
     def problems(self) -> list[str]:
-        p = [f"--{k.replace('_', '-')} must be >= 0, got {getattr(self, k)}"
-             for k in ("seq_len", "eval_loops", "max_val_tokens") if getattr(self, k) < 0]
+        p = self._input_problems()
+        p += [f"--{k.replace('_', '-')} must be >= 0, got {getattr(self, k)}"
+             for k in ("seq_len", "eval_loops", "max_val_tokens", "world_size") if getattr(self, k) < 0]
         p += [f"--{k.replace('_', '-')} must be positive, got {getattr(self, k)}"
               for k in ("stride", "batch_seqs") if getattr(self, k) < 1]
         return p + (self.ttt_config.problems() if self.ttt else [])
 
+    def _input_problems(self) -> list[str]:
+        if not self.plan:
+            given = {"--world-size": self.world_size, "--preset": self.preset, "--rates": self.rates}
+            p = [f"{name} is only for --plan" for name, value in given.items() if value]
+            return p + [f"{name} is required" for name, value in
+                        (("MODEL", self.model), ("--data", self.data), ("--out", self.out)) if value is None]
+        p = [] if (self.model is None) != (self.preset is None) else ["--plan needs MODEL or --preset (one of them)"]
+        if self.data is None and not self.max_val_tokens:
+            p.append("--plan needs --data or --max-val-tokens (the number of targets to plan for)")
+        return p
+
 
 def run_eval(cfg: EvalConfig) -> dict:
     refuse_problems(cfg.problems())
+    if cfg.plan:
+        return _plan(cfg)
     return run_distributed(lambda ctx: _evaluate(cfg, ctx))
+
+
+def _plan(cfg: EvalConfig) -> dict:
+    """The eval's work and estimated seconds (golfctl/plan.py), printed; nothing is scored or written."""
+    config = resolve_config(TrainConfig, cfg.preset) if cfg.preset else load_weights(cfg.model).config
+    seq_len, loops = _geometry(cfg, config)
+    n_targets = cfg.max_val_tokens or open_dataset(cfg.data).splits["val"].tokens - 1
+    world_size = cfg.world_size or int(os.environ.get("WORLD_SIZE", "1"))
+    works = [scoring_work(name, n_targets + 1, seq_len, stride, cfg.batch_seqs, world_size)
+             for name, stride, wanted in (("plain", seq_len, cfg.plain), ("sliding", cfg.stride, cfg.sliding)) if wanted]
+    if cfg.ttt:
+        works.append(ttt_work(n_targets + 1, seq_len, cfg.stride, cfg.batch_seqs, cfg.ttt_config, world_size))
+    rates = measured_rates(cfg.rates) if cfg.rates else record_rates()
+    flops = forward_flops_per_token(config, seq_len, loops)
+    print(f"eval plan: {cfg.preset and f'preset {cfg.preset}' or cfg.model}, {n_targets:,} targets, seq_len {seq_len}, "
+          f"stride {cfg.stride}, loops {loops}, {world_size} rank(s), batch_seqs {cfg.batch_seqs}")
+    lines = plan_lines(works, seq_len, flops, rates)
+    print("\n".join(lines))
+    return {"works": [asdict(w) for w in works], "seconds": [seconds(w, seq_len, flops, rates) for w in works]}
 
 
 def _evaluate(cfg: EvalConfig, ctx: DistContext) -> dict:
     weights = load_weights(cfg.model)
     config = weights.config
-    seq_len = cfg.seq_len or config.train_seq_len
-    loops = cfg.eval_loops or config.resolved_eval_loops
-    if cfg.stride > seq_len:
-        raise UserError(f"--stride {cfg.stride} must be between 1 and --seq-len {seq_len}")
-    if cfg.ttt and cfg.ttt_config.chunk_tokens < seq_len:
-        raise UserError(f"--ttt-chunk-tokens {cfg.ttt_config.chunk_tokens} must be at least --seq-len {seq_len}")
+    seq_len, loops = _geometry(cfg, config)
     dataset = open_dataset(cfg.data)
     val = load_validation_set(dataset, cfg.tokenizer, config.vocab_size, 1, ctx.device)
     tokens = val.tokens[: cfg.max_val_tokens + 1] if cfg.max_val_tokens else val.tokens
     model = build_model(weights, ctx.device)
     _check_loops(model, loops)
     ttt_params = _ttt_parameters(model, cfg) if cfg.ttt else []
-    scorer = Scorer(_compiled(model, ctx, seq_len, loops, config.vocab_size, cfg), val.tables, ctx, loops,
-                    cfg.batch_seqs)
+    _say(ctx, select_attention(ctx.device))
+    compiler = Compiler(config.compile if cfg.compile is None else cfg.compile,
+                        cfg.compile_backend or config.compile_backend)
+    scorer = Scorer(compiler(model), val.tables, ctx, loops, cfg.batch_seqs, seq_len)
+    _warm_up(compiler, scorer, model, cfg, ttt_params, config.vocab_size)
     _say(ctx, f"eval: {cfg.model} ({weights.origin}), {tokens.size - 1:,} targets, seq_len {seq_len}, "
               f"stride {cfg.stride}, loops {loops}, {ctx.world_size} rank(s)")
     results: dict[str, dict] = {}
@@ -107,7 +154,9 @@ def _evaluate(cfg: EvalConfig, ctx: DistContext) -> dict:
         "inputs": {"model_sha256": weights.sha256, "model_kind": weights.kind, "dataset": dataset_identity(dataset),
                    "tokenizer_sha256": sha256_file(val.tokenizer)},
         "settings": {**_settings(cfg), "seq_len": seq_len, "eval_loops": loops, "world_size": ctx.world_size,
-                     "val_targets": int(tokens.size - 1)},
+                     "val_targets": int(tokens.size - 1), "compile": compiler.enabled,
+                     "compile_backend": compiler.backend},
+        "compile": compiler.stats(),
         "results": results,
     }
     on_main(ctx, lambda: atomic_write_bytes(cfg.out, (json.dumps(report, indent=2) + "\n").encode()),
@@ -116,9 +165,19 @@ def _evaluate(cfg: EvalConfig, ctx: DistContext) -> dict:
     return report
 
 
+def _geometry(cfg: EvalConfig, config) -> tuple[int, int]:
+    """(seq_len, loops) of this eval: the options, else the model's; checked against stride and chunk."""
+    seq_len = cfg.seq_len or config.train_seq_len
+    if cfg.stride > seq_len:
+        raise UserError(f"--stride {cfg.stride} must be between 1 and --seq-len {seq_len}")
+    if cfg.ttt and cfg.ttt_config.chunk_tokens < seq_len:
+        raise UserError(f"--ttt-chunk-tokens {cfg.ttt_config.chunk_tokens} must be at least --seq-len {seq_len}")
+    return seq_len, cfg.eval_loops or config.resolved_eval_loops
+
+
 def _settings(cfg: EvalConfig) -> dict:
     """The options as flat JSON values, TTT's under their `ttt_` names."""
-    flat = {k: v for k, v in asdict(cfg).items() if k != "ttt_config"}
+    flat = {k: v for k, v in asdict(cfg).items() if k not in ("ttt_config", "plan", "preset", "rates")}
     flat |= {f"ttt_{k}": v for k, v in asdict(cfg.ttt_config).items()}
     return {k: str(v) if isinstance(v, Path) else v for k, v in flat.items()}
 
@@ -138,25 +197,18 @@ def _ttt_parameters(model, cfg: EvalConfig) -> list:
         raise UserError(f"--ttt-params: {exc}") from None
 
 
-def _compiled(model, ctx: DistContext, seq_len: int, loops: int, vocab: int, cfg: EvalConfig):
-    """torch.compile on CUDA, warmed up on random tokens: validation tokens never touch warm-up.
-
-    With TTT the training graph is compiled too, by a backward on random tokens; no optimizer
-    step is taken and the gradients are dropped, so the weights stay as loaded."""
-    if ctx.device.type != "cuda":
-        return model
-    compiled = torch.compile(model, dynamic=False)
-    generator = torch.Generator(ctx.device).manual_seed(0)
-    x = torch.randint(0, vocab, (cfg.batch_seqs, seq_len + 1), device=ctx.device, generator=generator)
-    with torch.no_grad(), autocast(ctx.device):
-        compiled(x[:, :-1], x[:, 1:], loops=loops, reduction="none")
-    if cfg.ttt:
-        model.train()
-        with autocast(ctx.device):
-            compiled(x[:, :-1], x[:, 1:], loops=loops).backward()
-        model.zero_grad(set_to_none=True)
-        model.eval()
-    return compiled
+def _warm_up(compiler: Compiler, scorer: Scorer, model, cfg: EvalConfig, ttt_params: list, vocab: int) -> None:
+    """Compile every graph this eval uses before any scoring (golfctl.ttt.warm_up: random tokens,
+    the very calls that score); the weights are restored after, so nothing of it remains."""
+    if not compiler.enabled:
+        return
+    original = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    try:
+        compiler.warm_up(lambda: warm_up(scorer, vocab, cfg.ttt_config if cfg.ttt else None, ttt_params),
+                         scorer.ctx.device)
+    finally:
+        model.load_state_dict(original)
+    _say(scorer.ctx, f"eval: compile warm-up done: {compiler.describe()}")
 
 
 def _timed(ctx: DistContext, name: str, tokens, run: Callable[[Progress | None], Sums]) -> dict:

@@ -15,21 +15,26 @@ import json
 import signal
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
+from golfctl.attention import select_attention
 from golfctl.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from golfctl.compile import Compiler
 from golfctl.config import TrainConfig, config_lines
 from golfctl.dataset import dataset_identity, open_dataset
+from golfctl.device import peak_memory_bytes, synchronize
 from golfctl.distributed import (DistContext, all_reduce_float64, all_reduce_gradients, mean_over_ranks, on_main,
                                  run_distributed)
 from golfctl.ema import EMA
 from golfctl.errors import UserError, refuse_problems
-from golfctl.loader import TrainBatches
+from golfctl.loader import TrainBatches, micro_batch
 from golfctl.model import GPT, parameter_groups, unet_layout
-from golfctl.optim import Optimizers, build_optimizers, lr_multiplier
+from golfctl.optim import Optimizers, build_optimizers, lr_multiplier, muon_update
 from golfctl.progress import format_duration
 from golfctl.provenance import provenance
 from golfctl.precision import autocast
@@ -38,8 +43,8 @@ from golfctl.validation import load_validation_set
 
 CHECKPOINT_NAME = "ckpt.safetensors"
 METRICS_NAME = "metrics.jsonl"
-# Keys that may change on --resume: they alter logging and saving, never the weights.
-RUN_CONTROL_KEYS = frozenset({"log_every", "val_every", "val_max_tokens", "checkpoint_every"})
+# Keys that may change on --resume: they alter logging, saving and warm-up, never the weights.
+RUN_CONTROL_KEYS = frozenset({"log_every", "val_every", "val_max_tokens", "checkpoint_every", "compile_warmup_steps"})
 
 
 @dataclass(frozen=True)
@@ -77,15 +82,20 @@ class _Trainer:
         self._check_run_folder()
         torch.manual_seed(self.cfg.seed)
         self.model = GPT(self.cfg.model_config()).to(ctx.device)
-        self.optimizers: Optimizers = build_optimizers(parameter_groups(self.model), self.cfg, ctx.device)
+        self.compiler = Compiler(self.cfg.compile, self.cfg.compile_backend)
+        self.forward = self.compiler(self.model)
+        self.optimizers: Optimizers = build_optimizers(parameter_groups(self.model), self.cfg, ctx.device,
+                                                       self.compiler(muon_update))
         self.ema = EMA(self.model)
         self.step = 0
         self.elapsed = 0.0  # seconds of training so far, across resumes
         self.stop_signal = 0
         self.loops = 0  # the loop count of the last step run (0: none yet)
+        self.reported_recompiles = 0
         if run.resume:
             self._restore()
-        self.compiled = self._compile()
+        self._say(select_attention(ctx.device))
+        self._warm_up()
 
     # ---- set-up -------------------------------------------------------------------------
 
@@ -118,32 +128,42 @@ class _Trainer:
         self.step, self.elapsed = ckpt.step, ckpt.elapsed_seconds
         self._say(f"train: resumed {self.ckpt_path} at step {self.step} ({format_duration(self.elapsed)} trained)")
 
-    def _compile(self):
-        """torch.compile on CUDA, then warm it up on random tokens and restore every weight."""
-        if self.ctx.device.type != "cuda" or not self.cfg.compile:
-            return self.model
-        compiled = torch.compile(self.model, dynamic=False)
-        if self.cfg.compile_warmup_steps:
-            start = time.perf_counter()
-            weights = {k: v.clone() for k, v in self.model.state_dict().items()}
-            optim_state = {k: v.clone() for k, v in self.optimizers.state_tensors().items()}
-            generator = torch.Generator(self.ctx.device).manual_seed(self.cfg.seed + 1)
-            seqs = self.batches.micro_tokens // self.cfg.train_seq_len
-            for i in range(self.cfg.compile_warmup_steps):
-                loops = 1 if i % 2 == 0 else self.cfg.num_loops  # both graphs the run will use
-                x = torch.randint(0, self.cfg.vocab_size, (seqs, self.cfg.train_seq_len + 1),
-                                  device=self.ctx.device, generator=generator)
-                with autocast(self.ctx.device):
-                    loss = compiled(x[:, :-1], x[:, 1:], loops=loops)
-                loss.backward()
-                self.optimizers.step()
-                self.optimizers.zero_grad()
-            self.model.load_state_dict(weights)
-            self.optimizers.load_state_tensors(optim_state)
-            torch.cuda.synchronize()
-            self._say(f"train: compile warm-up {self.cfg.compile_warmup_steps} steps on random tokens "
-                      f"in {time.perf_counter() - start:.1f}s (weights and optimizer restored)")
-        return compiled
+    def _warm_up(self) -> None:
+        """Compile before the clock: the timed loop's own step (`_train_step` on `micro_batch` views,
+        so the same shapes, strides, dtypes, grad flags and autocast) on random tokens, in every
+        loop state the run will use; then weights, EMA, optimizer state and RNG are restored
+        bit-exactly, so a run with warm-up trains exactly as one without."""
+        cfg = self.cfg
+        if not self.compiler.enabled or not cfg.compile_warmup_steps:
+            self._say("train: compile off" if not self.compiler.enabled else
+                      "train: no compile warm-up (compile_warmup_steps = 0): graphs compile inside the clock")
+            return
+        weights = {k: v.clone() for k, v in self.model.state_dict().items()}
+        ema = {k: v.clone() for k, v in self.ema.state_dict().items()}
+        optimizer = self.optimizers.state_tensors()
+        rng = torch.get_rng_state()
+        progress_by_state = {self._loops(p): p for p in (1.0, 0.0)}  # one progress value per loop state
+        generator = torch.Generator().manual_seed(cfg.seed + 1)
+
+        def random_batches():
+            for _ in range(self.batches.local_micro_batches):
+                tokens = torch.randint(0, cfg.vocab_size, (self.batches.micro_tokens + 1,), generator=generator)
+                yield micro_batch(tokens, cfg.train_seq_len, self.ctx.device)
+
+        def run():
+            states = list(progress_by_state.items())
+            for i in range(max(cfg.compile_warmup_steps, len(states))):
+                loops, progress = states[i % len(states)]
+                self._train_step(loops, progress, random_batches())
+
+        self.compiler.warm_up(run, self.ctx.device)
+        self.model.load_state_dict(weights)
+        self.ema.load_state_dict(ema)
+        self.optimizers.load_state_tensors(optimizer)
+        torch.set_rng_state(rng)
+        self._say(f"train: compile warm-up done: {self.compiler.describe()} "
+                  f"(loop states {sorted(progress_by_state)}; weights, optimizer and RNG restored)")
+        self._metrics({"kind": "compile", **self.compiler.stats()})
 
     # ---- the loop -------------------------------------------------------------------------
 
@@ -161,9 +181,13 @@ class _Trainer:
                 if cfg.train_seconds and self.elapsed >= cfg.train_seconds:
                     stopped = "wallclock"
                     break
+                loops = self._loops(progress)
+                if loops != self.loops and loops > 1:
+                    self._log_looping(loops, progress)
+                self.loops = loops
                 start = time.perf_counter()
-                loss = self._train_step(progress)
-                self._sync()
+                loss = self._train_step(loops, progress, self.batches.micro_batches(self.step, self.ctx.device))
+                synchronize(self.ctx.device)
                 self.elapsed += self._agreed(time.perf_counter() - start)
                 self.step += 1
                 steps_this_run += 1
@@ -184,7 +208,8 @@ class _Trainer:
             signal_restore(previous)
         self._save()
         summary = {"step": self.step, "elapsed_seconds": self.elapsed, "stopped": stopped,
-                   "signal": self.stop_signal, "checkpoint": str(self.ckpt_path)}
+                   "signal": self.stop_signal, "checkpoint": str(self.ckpt_path), **self.compiler.stats(),
+                   "peak_memory_bytes": peak_memory_bytes(self.ctx.device)}
         if stopped in ("iterations", "wallclock"):
             result = self._validate(limit=0)
             summary.update(val_loss=result.loss, val_bpb=result.bpb)
@@ -202,18 +227,15 @@ class _Trainer:
         """The looped layers run their full count only once `enable_looping_at` of the run has passed."""
         return self.cfg.num_loops if progress >= self.cfg.enable_looping_at else 1
 
-    def _train_step(self, progress: float) -> torch.Tensor:
+    def _train_step(self, loops: int, progress: float, micro_batches: Iterable[tuple[Tensor, Tensor]]) -> Tensor:
+        """One optimizer step over this rank's micro-batches; returns the step's mean loss."""
         cfg = self.cfg
-        loops = self._loops(progress)
-        if loops != self.loops and loops > 1:
-            self._log_looping(loops, progress)
-        self.loops = loops
         self.optimizers.set_schedule(lr_multiplier(self.step, progress, cfg), self.step)
         scale = 1.0 / self.batches.local_micro_batches
         loss_sum = torch.zeros((), device=self.ctx.device)
-        for x, y in self.batches.micro_batches(self.step, self.ctx.device):
+        for x, y in micro_batches:
             with autocast(self.ctx.device):
-                loss = self.compiled(x, y, loops=loops)
+                loss = self.forward(x, y, loops=loops)
             (loss * scale).backward()
             loss_sum += loss.detach()
         all_reduce_gradients(list(self.model.parameters()), self.ctx, mean=True)
@@ -231,10 +253,6 @@ class _Trainer:
         flag, = all_reduce_float64([float(self.stop_signal != 0)], self.ctx)
         return flag > 0
 
-    def _sync(self) -> None:
-        if self.ctx.device.type == "cuda":
-            torch.cuda.synchronize()
-
     # ---- logging, validation, checkpoints ----------------------------------------------------
 
     def _log_train(self, loss: torch.Tensor, step_progress: float, log_time: float, log_step: int) -> None:
@@ -248,7 +266,12 @@ class _Trainer:
         self._say(f"step {self.step}/{self.cfg.iterations}  loss {value:.4f}  lr× {lr:.3f}  "
                   f"{tokens_per_s:,.0f} tok/s  elapsed {format_duration(self.elapsed)}  ETA {format_duration(eta)}")
         self._metrics({"kind": "train", "step": self.step, "loss": value, "lr_mult": lr, "tokens_per_s": tokens_per_s,
-                       "elapsed_s": self.elapsed, "eta_s": eta, "progress": progress})
+                       "elapsed_s": self.elapsed, "eta_s": eta, "progress": progress,
+                       "recompiles": self.compiler.recompiles})
+        if self.compiler.enabled and self.compiler.recompiles > self.reported_recompiles:
+            self.reported_recompiles = self.compiler.recompiles
+            self._say(f"train: warning: {self.reported_recompiles} graph(s) compiled after the warm-up, inside the "
+                      "clock (TORCH_LOGS=recompiles names the guard that failed)")
 
     def _log_looping(self, loops: int, progress: float) -> None:
         """The layer sequence from here on, in the record's log format (`layer_loop:enabled …`)."""

@@ -141,7 +141,7 @@ def trained_run(tmp_path_factory, small_dataset) -> Path:
     cfg = config_from_dict(TrainConfig, {
         "vocab_size": 512, "model_dim": 64, "num_layers": 2, "num_heads": 2, "num_kv_heads": 1, "mlp_mult": 2.0,
         "train_seq_len": 64, "train_batch_tokens": 2048, "grad_accum": 1, "iterations": 120, "warmup_steps": 5,
-        "log_every": 40, "ema_decay": 0.95, "seed": 3,
+        "log_every": 40, "ema_decay": 0.95, "seed": 3, "compile": False,
     })
     out = tmp_path_factory.mktemp("trained") / "run"
     run_train(TrainRun(cfg=cfg, data=small_dataset, out=out))

@@ -44,5 +44,5 @@ def byte_tables() -> ByteTables:
 TABLES = TorchByteTables(byte_tables(), CPU)
 
 
-def scorer(model, batch_seqs: int = 5, ctx=ONE) -> Scorer:
-    return Scorer(model, TABLES, ctx, 1, batch_seqs)
+def scorer(model, batch_seqs: int = 5, ctx=ONE, seq_len: int = SEQ_LEN) -> Scorer:
+    return Scorer(model, TABLES, ctx, 1, batch_seqs, seq_len)

@@ -9,11 +9,12 @@ from pathlib import Path
 from cli_helpers import golfctl
 
 ROOT = Path(__file__).resolve().parent.parent
-# Tiny everything: 2 layers × 32, 64-token sequences, 6 steps; the chain, not the score, is under test.
+# Tiny everything: 2 layers × 32, 64-token sequences, 6 steps; the chain, not the score, is under test
+# (the compiled chain is test_compile.py's bench_gpu run).
 TRAIN_ARGS = " ".join(f"--set {kv}" for kv in (
     "vocab_size=512", "model_dim=32", "num_layers=2", "num_heads=2", "num_kv_heads=1", "loop_start=0", "loop_end=1",
     "parallel_start=1", "train_seq_len=64", "train_batch_tokens=1024", "grad_accum=2", "iterations=6",
-    "val_every=0", "log_every=2"))
+    "val_every=0", "log_every=2", "compile=false"))
 
 
 def make(out: Path, corpus: Path, quant_args: str = "--calib-batches 2",

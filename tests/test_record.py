@@ -142,7 +142,7 @@ SCALED = {"vocab_size": 512, "model_dim": 64, "num_layers": 4, "num_heads": 2, "
           "parallel_start": 3, "loop_start": 1, "loop_end": 2, "enable_looping_at": 0.5, "train_seq_len": 32,
           "train_batch_tokens": 1024, "grad_accum": 2, "iterations": 10, "max_wallclock_seconds": 0.0,
           "gptq_reserve_seconds": 0.0, "muon_momentum_warmup_steps": 10, "log_every": 1, "val_every": 0,
-          "val_max_tokens": 2048}
+          "val_max_tokens": 2048, "compile": False}
 
 
 def test_scaled_down_record_trains_resumes_across_the_loop_switch_quantizes_and_evaluates(tmp_path, small_dataset):

@@ -26,7 +26,7 @@ SMALL = {
     "vocab_size": 512, "model_dim": 32, "num_layers": 3, "num_heads": 2, "num_kv_heads": 1, "mlp_mult": 2.0,
     "parallel_start": 2, "loop_start": 1, "loop_end": 1, "num_loops": 2, "enable_looping_at": 0.5,
     "train_seq_len": 32, "train_batch_tokens": 512, "grad_accum": 2, "iterations": 8, "warmup_steps": 2,
-    "warmdown_frac": 0.5, "log_every": 1, "val_max_tokens": 2048, "ema_decay": 0.9, "seed": 5,
+    "warmdown_frac": 0.5, "log_every": 1, "val_max_tokens": 2048, "ema_decay": 0.9, "seed": 5, "compile": False,
 }
 
 

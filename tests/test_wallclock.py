@@ -19,7 +19,7 @@ CAP_SECONDS = 3.0
 CAPPED = {
     "vocab_size": 512, "model_dim": 64, "num_layers": 2, "num_heads": 2, "num_kv_heads": 1, "mlp_mult": 2.0,
     "train_seq_len": 64, "train_batch_tokens": 2048, "grad_accum": 1, "iterations": 100_000, "warmup_steps": 5,
-    "log_every": 1, "ema_decay": 0.95, "seed": 3, "max_wallclock_seconds": CAP_SECONDS,
+    "log_every": 1, "ema_decay": 0.95, "seed": 3, "max_wallclock_seconds": CAP_SECONDS, "compile": False,
 }
 
 

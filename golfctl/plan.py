@@ -1,0 +1,150 @@
+"""How long an eval takes on GPUs, from the work it does: `golfctl eval --plan`, without scoring.
+
+Work is counted as the code does it, on the busiest rank and with its fixed shapes (a filler row
+costs what a real one does):
+- a scoring pass (plain or sliding): the rank's share of the windows, in forwards of
+  `batch_seqs` rows of seq_len tokens;
+- score-first TTT: each chunk's windows scored the same way, then, on every chunk but the last,
+  `epochs` passes of training steps of `step_rows` rows (forward and backward).
+
+Seconds = forward tokens × forward FLOPs per token / forward FLOP/s, plus the same for training
+(3× the forward's FLOPs); FLOPs per token as `golfctl.model.model_flops_per_token` counts them.
+The two rates per GPU come from `benchmarks/bench_gpu.py`'s JSON or, by default, from the
+2026-04-09 record's own log: its sliding pass took 121.183 s and its TTT 368.074 s on 8 H100s,
+for the work this module counts at its settings. Compile warm-up is not included (the record
+compiled inside those times; bench_gpu.py measures it apart).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from golfctl.config import ModelConfig, TrainConfig, resolve_config
+from golfctl.model import model_flops_per_token
+from golfctl.scoring import sliding_windows, windows_by_chunk
+from golfctl.ttt import TTTConfig, chunk_sequences, step_rows
+
+EVAL_BUDGET_SECONDS = 600.0
+
+
+@dataclass(frozen=True)
+class RecordEval:
+    """The 2026-04-09 record's evaluation as its train_seed314.log shows it (8 × H100)."""
+
+    val_targets: int = 40_540_160
+    seq_len: int = 2048
+    stride: int = 64
+    batch_seqs: int = 32  # windows per forward, per rank
+    world_size: int = 8
+    sliding_seconds: float = 121.183  # quantized_sliding_window eval_time:121183ms
+    ttt_seconds: float = 368.074  # quantized_ttt eval_time:368074ms
+    ttt: TTTConfig = TTTConfig(chunk_tokens=32_768, lr=0.005, momentum=0.9, epochs=3, grad_clip=1.0,
+                               batch_seqs=32)
+
+
+@dataclass(frozen=True)
+class PassWork:
+    """One eval method's work on the busiest rank."""
+
+    name: str
+    windows: int
+    forward_rows: int  # rows of seq_len tokens, forward only
+    chunks: int = 0
+    train_steps: int = 0
+    train_rows: int = 0  # rows of seq_len tokens, forward and backward
+
+
+@dataclass(frozen=True)
+class Rates:
+    """FLOP/s per GPU of scoring forwards and of training steps, and where they come from."""
+
+    forward: float
+    train: float
+    source: str
+
+
+def forward_flops_per_token(cfg: ModelConfig, seq_len: int, loops: int) -> float:
+    """A third of the training estimate `model_flops_per_token` (6·N + 12·L·d·T)."""
+    return model_flops_per_token(cfg, seq_len, loops) / 3
+
+
+def _rows(n_windows: int, batch_seqs: int, world_size: int) -> int:
+    """Forward rows of the busiest rank for n windows: its share in batches of batch_seqs rows."""
+    return math.ceil(math.ceil(n_windows / world_size) / batch_seqs) * batch_seqs
+
+
+def scoring_work(name: str, n_tokens: int, seq_len: int, stride: int, batch_seqs: int, world_size: int) -> PassWork:
+    n = len(sliding_windows(n_tokens, seq_len, stride))
+    return PassWork(name, n, _rows(n, batch_seqs, world_size))
+
+
+def ttt_work(n_tokens: int, seq_len: int, stride: int, batch_seqs: int, cfg: TTTConfig, world_size: int) -> PassWork:
+    windows = sliding_windows(n_tokens, seq_len, stride)
+    chunks = windows_by_chunk(windows, cfg.chunk_tokens)
+    forward = sum(_rows(len(chunk), batch_seqs, world_size) for chunk in chunks if chunk)
+    steps = sum(math.ceil(len(chunk_sequences(i, cfg.chunk_tokens, windows[-1].end, seq_len)) / cfg.batch_seqs)
+                for i in range(len(chunks) - 1)) * cfg.epochs
+    return PassWork("ttt", len(windows), forward, len(chunks), steps, steps * step_rows(cfg, seq_len, world_size))
+
+
+def seconds(work: PassWork, seq_len: int, flops_per_token: float, rates: Rates) -> float:
+    return (work.forward_rows * seq_len * flops_per_token / rates.forward
+            + work.train_rows * seq_len * 3 * flops_per_token / rates.train)
+
+
+def rates_from_timings(sliding: PassWork, sliding_seconds: float, ttt: PassWork, ttt_seconds: float, seq_len: int,
+                       flops_per_token: float, source: str) -> Rates:
+    """Per-GPU rates that give these sliding and TTT seconds for this work: the sliding pass sets
+    the forward rate; TTT's time less its scoring forwards at that rate sets the training rate."""
+    forward = sliding.forward_rows * seq_len * flops_per_token / sliding_seconds
+    train_seconds = ttt_seconds - ttt.forward_rows * seq_len * flops_per_token / forward
+    if train_seconds <= 0:
+        raise ValueError(f"TTT took {ttt_seconds:.1f} s, no more than its scoring forwards alone: no training rate")
+    return Rates(forward, ttt.train_rows * seq_len * 3 * flops_per_token / train_seconds, source)
+
+
+@functools.cache
+def record_rates(record: RecordEval = RecordEval()) -> Rates:
+    """Rates that give the record's logged sliding and TTT seconds for the work counted here."""
+    cfg = resolve_config(TrainConfig, "record")
+    n_tokens = record.val_targets + 1
+    return rates_from_timings(
+        scoring_work("sliding", n_tokens, record.seq_len, record.stride, record.batch_seqs, record.world_size),
+        record.sliding_seconds,
+        ttt_work(n_tokens, record.seq_len, record.stride, record.batch_seqs, record.ttt, record.world_size),
+        record.ttt_seconds, record.seq_len, forward_flops_per_token(cfg, record.seq_len, cfg.resolved_eval_loops),
+        f"calibrated from the 2026-04-09 record's log (sliding {record.sliding_seconds:.1f} s, "
+        f"TTT {record.ttt_seconds:.1f} s on {record.world_size} × H100)")
+
+
+def measured_rates(path: Path) -> Rates:
+    """Rates from the JSON that benchmarks/bench_gpu.py writes."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    return Rates(float(data["forward_flops_per_s"]), float(data["train_flops_per_s"]),
+                 f"measured by bench_gpu.py on {data['device']} ({path})")
+
+
+def plan_lines(works: list[PassWork], seq_len: int, flops_per_token: float, rates: Rates) -> list[str]:
+    """The plan as printed: per method the work and estimated seconds, the total, and a warning past 600 s."""
+    lines = [f"  model: {flops_per_token / 1e9:.3f} GFLOP per forward token at seq_len {seq_len} (training 3×)",
+             f"  rates per GPU: forward {rates.forward / 1e12:.1f} TFLOP/s, training {rates.train / 1e12:.1f} TFLOP/s, "
+             f"{rates.source}"]
+    total = 0.0
+    for work in works:
+        estimate = seconds(work, seq_len, flops_per_token, rates)
+        total += estimate
+        detail = f"{work.windows:,} windows, forward {work.forward_rows * seq_len:,} tokens/rank"
+        if work.chunks:
+            detail += (f"; {work.chunks:,} chunks, {work.train_steps:,} training steps, forward+backward "
+                       f"{work.train_rows * seq_len:,} tokens/rank")
+        lines.append(f"  {work.name:<8} {detail}: est. {estimate:,.1f} s")
+    lines.append(f"  total    est. {total:,.1f} s of the {EVAL_BUDGET_SECONDS:.0f} s evaluation budget "
+                 "(compile warm-up not included)")
+    if total > EVAL_BUDGET_SECONDS:
+        lines.append(f"warning: the estimate {total:,.0f} s passes the {EVAL_BUDGET_SECONDS:.0f} s evaluation "
+                     "budget; drop a method (--no-plain), or lower --ttt-epochs, or raise --stride")
+    return lines
