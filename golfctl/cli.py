@@ -84,6 +84,42 @@ def report_command(out: Path, data: Path | None) -> None:
         click.echo(line)
 
 
+@cli.command("submit")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="The records folder to write, e.g. records/track_10min_16mb/2026-12-03_MyRun.")
+@click.option("--name", default="golfctl run", show_default=True, help="The submission's name.")
+@click.option("--author", default="", help="Author, for submission.json.")
+@click.option("--github-id", default="", help="GitHub id, for submission.json.")
+def submit_command(runs: tuple[Path, ...], out: Path, name: str, author: str, github_id: str) -> None:
+    """Write a records folder (train_gpt.py, submission.json, README.md, logs) from finished runs, one per seed."""
+    from stages.submit import run_submit
+
+    run_submit(list(runs), out, name, author, github_id)
+
+
+@cli.command("compare")
+@click.argument("results", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--reference", "references", multiple=True, type=click.Path(path_type=Path),
+              help="A reference result (eval.json, run or submission folder); repeat per seed.")
+@click.option("--reference-bpb", type=float, help="Reference mean BPB (with --reference-std and --reference-n).")
+@click.option("--reference-std", type=float, help="Reference BPB standard deviation over its seeds.")
+@click.option("--reference-n", type=int, help="Reference seed count.")
+def compare_command(results: tuple[Path, ...], references: tuple[Path, ...], reference_bpb: float | None,
+                    reference_std: float | None, reference_n: int | None) -> None:
+    """Per-seed scores, means and Welch's one-sided p that RESULTS beat the reference by 0.005 nats."""
+    from golfctl.compare import compare_lines, load_results
+
+    numbers = (reference_bpb, reference_std, reference_n)
+    if bool(references) == any(v is not None for v in numbers) or (not references and None in numbers):
+        raise UserError("give the reference as --reference RESULT… or as all of --reference-bpb, --reference-std "
+                        "and --reference-n")
+    ours = [r for path in results for r in load_results(path)]
+    reference = [r for path in references for r in load_results(path)] if references else None
+    for line in compare_lines(ours, reference, None if references else numbers):
+        click.echo(line)
+
+
 @cli.command("inspect")
 @click.argument("path", type=click.Path(path_type=Path))
 def inspect_command(path: Path) -> None:

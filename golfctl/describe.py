@@ -12,7 +12,7 @@ from golfctl.artifact import FORMAT as ARTIFACT_FORMAT
 from golfctl.artifact import MAGIC as ARTIFACT_MAGIC
 from golfctl.artifact import VERSION as ARTIFACT_VERSION
 from golfctl.artifact import QuantizedTensor, read_artifact
-from golfctl.budget import budget_for
+from golfctl.budget import budget_for, chain_settings
 from golfctl.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, read_metadata
 from golfctl.dataset import MANIFEST_NAME, Dataset, checksum_mismatches, open_dataset
 from golfctl.errors import UserError
@@ -135,5 +135,5 @@ def describe_artifact(path: Path) -> list[str]:
         shape = "×".join(map(str, tensor.shape)) or "scalar"
         lines.append(f"  {name:<34}{shape:>14}{kind:>7}{artifact.stored_bytes[name]:>10,}")
     lines.append("  budget")
-    lines += budget_for(path.stat().st_size).table()
+    lines += budget_for(path.stat().st_size, chain_settings(artifact.config, {**meta, "codec": artifact.codec})).table()
     return lines

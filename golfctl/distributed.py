@@ -75,18 +75,22 @@ def init_distributed() -> DistContext:
 
 
 def run_distributed(work: Callable[[DistContext], T]) -> T:
-    """Run `work` on this rank's context; leave the process group however it ends.
+    """Run `work` on this rank's context; leave the process group however it ends (unless a caller
+    had joined it already: then the caller leaves it, so stages can run one after another).
 
     After success the ranks meet first: a rank that tears gloo down while a peer is still in its
     last collective aborts the peer. After an error, peers may never arrive, so a failing rank
     leaves without waiting, which is what wakes a peer blocked in a collective."""
+    joined = _initialized()  # inside a caller's run_distributed (the exported chain): leave it the group
     ctx = init_distributed()
     try:
         result = work(ctx)
     except BaseException:
-        _leave(ctx, meet=False)
+        if not joined:
+            _leave(ctx, meet=False)
         raise
-    _leave(ctx, meet=True)
+    if not joined:
+        _leave(ctx, meet=True)
     return result
 
 

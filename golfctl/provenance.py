@@ -8,11 +8,14 @@ from pathlib import Path
 
 import torch
 
+import golfctl
 from golfctl import __version__
 
 
 def git_revision() -> str | None:
     """The checkout's commit (with `-dirty` if modified), or None outside a git checkout."""
+    if golfctl.EXPORTED:  # the exported train_gpt.py has no checkout: the revision it came from
+        return golfctl.EXPORTED["revision"]
     root = Path(__file__).resolve().parent.parent
     try:
         rev = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty", "--abbrev=40"],

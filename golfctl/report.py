@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from golfctl.budget import budget_for
+from golfctl.artifact import read_artifact
+from golfctl.budget import budget_for, chain_settings
 from golfctl.checkpoint import load_checkpoint
 from golfctl.dataset import open_dataset
 from golfctl.errors import UserError
@@ -35,7 +36,9 @@ def report_lines(out: Path, data: Path | None = None) -> list[str]:
     val = open_dataset(data or out / "data").splits["val"]
     # The bytes of the whole split come from the scored runs: official folders have no manifest count.
     reference = unigram_bits_per_byte(val.load_tokens(), fp["plain"]["bytes"])
-    budget = budget_for((out / "artifact.bin").stat().st_size)
+    artifact = read_artifact(out / "artifact.bin")
+    settings = chain_settings(artifact.config, {**artifact.meta, "codec": artifact.codec}, quantized["settings"])
+    budget = budget_for((out / "artifact.bin").stat().st_size, settings)
     results = quantized["results"]
     rows = [("fp (plain)", fp["plain"]), ("quantized plain", results.get("plain")),
             ("quantized sliding", results.get("sliding")), ("quantized sliding+TTT", results.get("ttt"))]

@@ -2,8 +2,8 @@
 
 Layout: a safetensors file whose tensors are the model's state dict (`tok_emb.weight`,
 `blocks.0.attn.c_q.weight`, …) and whose metadata holds format="golfctl.model",
-version="1", config (resolved, JSON), weights ("ema" or "raw"), source (sha256 of the
-checkpoint it came from) and provenance (JSON).
+version="1", config (resolved, JSON), weights ("ema" or "raw"), source (the identity of the
+checkpoint weights it came from, `weights_sha256`) and provenance (JSON).
 
 `load_weights` also accepts a training checkpoint (its EMA weights, or raw ones on request),
 so every later stage takes either.
@@ -12,6 +12,7 @@ so every later stage takes either.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +38,9 @@ class Weights:
     state: dict[str, torch.Tensor]
     kind: str  # "ema" or "raw"
     origin: str  # what they were read from, for messages: "model file", "checkpoint EMA", …
-    sha256: str  # of the file they were read from (provenance of whatever is made from them)
+    # of the file they were read from, or for a checkpoint `weights_sha256` (provenance of whatever
+    # is made from them)
+    sha256: str
 
 
 def save_model_file(path: Path, weights: Weights, provenance: dict) -> None:
@@ -68,7 +71,7 @@ def load_weights(path: Path, raw: bool = False) -> Weights:
         section = "model" if raw else "ema"
         config = _config(ckpt.config, path)
         return Weights(config, ckpt.tensors[section], "raw" if raw else "ema",
-                       f"checkpoint {'raw' if raw else 'EMA'} weights", sha256_file(path))
+                       f"checkpoint {'raw' if raw else 'EMA'} weights", weights_sha256(config, ckpt.tensors[section]))
     if kind != MODEL_FORMAT:
         raise UserError(f"{path} is neither a golfctl model file nor a checkpoint (format {kind!r})")
     if meta.get("version") != str(MODEL_VERSION):
@@ -80,6 +83,17 @@ def load_weights(path: Path, raw: bool = False) -> Weights:
     except (SafetensorError, KeyError, ValueError) as exc:
         raise UserError(f"{path} is a damaged model file ({exc})") from None
     return Weights(config, state, meta.get("weights", "?"), "model file", sha256_file(path))
+
+
+def weights_sha256(config: TrainConfig, state: dict[str, torch.Tensor]) -> str:
+    """sha256 of a config and its weights, not of the checkpoint file: that file also records the
+    wall-clock seconds trained, so two runs that train the same weights (say golfctl's chain and
+    the exported train_gpt.py) would otherwise write different model files and artifacts."""
+    digest = hashlib.sha256(json.dumps(dataclasses.asdict(config), sort_keys=True).encode())
+    for name in sorted(state):
+        digest.update(name.encode())
+        digest.update(state[name].detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _is_artifact(path: Path) -> bool:

@@ -11,7 +11,6 @@ checked against the manifest before any scoring.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -22,13 +21,12 @@ import torch
 
 from golfctl.attention import select_attention
 from golfctl.compile import Compiler
-from golfctl.config import COMPILE_BACKENDS, TrainConfig, resolve_config
+from golfctl.config import COMPILE_BACKENDS
 from golfctl.dataset import dataset_identity, open_dataset
 from golfctl.distributed import DistContext, on_main, run_distributed
 from golfctl.errors import UserError, refuse_problems
 from golfctl.fileio import atomic_write_bytes, sha256_file
 from golfctl.model import ttt_parameters
-from golfctl.plan import forward_flops_per_token, measured_rates, plan_lines, record_rates, scoring_work, seconds, ttt_work
 from golfctl.progress import Progress
 from golfctl.scoring import Scorer, Sums, plain_windows, sliding_windows
 from golfctl.ttt import TTTConfig, TTTResult, score_first_ttt, warm_up
@@ -91,33 +89,16 @@ class EvalConfig:
 def run_eval(cfg: EvalConfig) -> dict:
     refuse_problems(cfg.problems())
     if cfg.plan:
-        return _plan(cfg)
+        from stages.eval_plan import run_plan  # imported here: the exported train_gpt.py never plans
+
+        return run_plan(cfg)
     return run_distributed(lambda ctx: _evaluate(cfg, ctx))
-
-
-def _plan(cfg: EvalConfig) -> dict:
-    """The eval's work and estimated seconds (golfctl/plan.py), printed; nothing is scored or written."""
-    config = resolve_config(TrainConfig, cfg.preset) if cfg.preset else load_weights(cfg.model).config
-    seq_len, loops = _geometry(cfg, config)
-    n_targets = cfg.max_val_tokens or open_dataset(cfg.data).splits["val"].tokens - 1
-    world_size = cfg.world_size or int(os.environ.get("WORLD_SIZE", "1"))
-    works = [scoring_work(name, n_targets + 1, seq_len, stride, cfg.batch_seqs, world_size)
-             for name, stride, wanted in (("plain", seq_len, cfg.plain), ("sliding", cfg.stride, cfg.sliding)) if wanted]
-    if cfg.ttt:
-        works.append(ttt_work(n_targets + 1, seq_len, cfg.stride, cfg.batch_seqs, cfg.ttt_config, world_size))
-    rates = measured_rates(cfg.rates) if cfg.rates else record_rates()
-    flops = forward_flops_per_token(config, seq_len, loops)
-    print(f"eval plan: {cfg.preset and f'preset {cfg.preset}' or cfg.model}, {n_targets:,} targets, seq_len {seq_len}, "
-          f"stride {cfg.stride}, loops {loops}, {world_size} rank(s), batch_seqs {cfg.batch_seqs}")
-    lines = plan_lines(works, seq_len, flops, rates)
-    print("\n".join(lines))
-    return {"works": [asdict(w) for w in works], "seconds": [seconds(w, seq_len, flops, rates) for w in works]}
 
 
 def _evaluate(cfg: EvalConfig, ctx: DistContext) -> dict:
     weights = load_weights(cfg.model)
     config = weights.config
-    seq_len, loops = _geometry(cfg, config)
+    seq_len, loops = eval_geometry(cfg, config)
     dataset = open_dataset(cfg.data)
     val = load_validation_set(dataset, cfg.tokenizer, config.vocab_size, 1, ctx.device)
     tokens = val.tokens[: cfg.max_val_tokens + 1] if cfg.max_val_tokens else val.tokens
@@ -165,7 +146,7 @@ def _evaluate(cfg: EvalConfig, ctx: DistContext) -> dict:
     return report
 
 
-def _geometry(cfg: EvalConfig, config) -> tuple[int, int]:
+def eval_geometry(cfg: EvalConfig, config) -> tuple[int, int]:
     """(seq_len, loops) of this eval: the options, else the model's; checked against stride and chunk."""
     seq_len = cfg.seq_len or config.train_seq_len
     if cfg.stride > seq_len:

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from golfctl.artifact import Float16Tensor, QuantizedTensor, decode_artifact, encode_artifact, write_artifact
-from golfctl.budget import DEFAULT_BUDGET, Budget, OverBudget, budget_for, code_files
+from golfctl.budget import DEFAULT_BUDGET, Budget, OverBudget, budget_for, chain_settings
 from golfctl.calibration import calibration_batches, collect_hessians
 from golfctl.codec import CODECS, entropy_bound_bytes
 from golfctl.dataset import open_dataset
@@ -96,6 +96,7 @@ class Quantized:
     reports: list[TensorReport]
     coded_bytes: dict[str, int]  # group → payload bytes of its coded integers (raw values for PASSTHROUGH)
     scale_bytes: dict[str, int]  # group → payload bytes of its fp16 row scales
+    budget: Budget  # this artifact + the train_gpt.py that reproduces it
 
 
 def run_quantize(cfg: QuantizeConfig) -> dict:
@@ -116,7 +117,7 @@ def run_quantize(cfg: QuantizeConfig) -> dict:
          f"in {time.perf_counter() - start:.1f}s")
     make = functools.partial(_quantize, weights, hessians, parameter_roles(model), cfg)  # clip_sigmas → Quantized
     result = _fit(make, cfg) if cfg.fit else make(cfg.clip_sigmas)
-    budget = budget_for(len(result.data), cfg.budget)
+    budget = result.budget
     _report(result, budget)
     if not budget.fits:
         raise OverBudget(
@@ -161,10 +162,14 @@ def _quantize(weights: Weights, hessians: dict[str, torch.Tensor], roles: dict[s
                                     weight_error(W, W_hat), output_error(W, W_hat, H)))
     source = {"model_sha256": weights.sha256, "weights": weights.kind}
     meta = {"method": cfg.method, "bits": cfg.bits, "embed_bits": cfg.embed_bits, "clip_sigmas": clip_sigmas,
-            "embed_clip_sigmas": cfg.embed_clip_sigmas}
-    data = encode_artifact(tensors, cfg.codec, dataclasses.asdict(weights.config), source, meta)
+            "embed_clip_sigmas": cfg.embed_clip_sigmas, "calib_batches": cfg.calib_batches,
+            "calib_batch_seqs": cfg.calib_batch_seqs}
+    config = dataclasses.asdict(weights.config)
+    data = encode_artifact(tensors, cfg.codec, config, source, meta)
     coded, scales = _payload_bytes(data, roles)
-    return Quantized(clip_sigmas, data, reports, coded, scales)
+    # code bytes: the exported script with these settings and the default eval settings (not known yet)
+    budget = budget_for(len(data), chain_settings(config, {**meta, "codec": cfg.codec}), cfg.budget)
+    return Quantized(clip_sigmas, data, reports, coded, scales, budget)
 
 
 def _payload_bytes(data: bytes, roles: dict[str, Role]) -> tuple[dict[str, int], dict[str, int]]:
@@ -186,16 +191,16 @@ def _fit(make, cfg: QuantizeConfig) -> Quantized:
     lo, hi = FIT_RANGE
     _say(f"quantize --fit: bisecting clip_sigmas in [{lo:g}, {hi:g}] for total ≤ {cfg.budget:,} bytes")
     best = make(hi)
-    if not _probe(best, cfg):
-        raise OverBudget(f"even clip_sigmas {hi:g} gives {budget_for(len(best.data), cfg.budget).total:,} bytes, over "
+    if not _probe(best):
+        raise OverBudget(f"even clip_sigmas {hi:g} gives {best.budget.total:,} bytes, over "
                          f"the {cfg.budget:,}-byte budget; lower --bits or --embed-bits")
     first = make(lo)
-    if _probe(first, cfg):
+    if _probe(first):
         return first
     for _ in range(FIT_PROBES):
         mid = (lo + hi) / 2
         probe = make(mid)
-        if _probe(probe, cfg):
+        if _probe(probe):
             hi, best = mid, probe
         else:
             lo = mid
@@ -203,8 +208,8 @@ def _fit(make, cfg: QuantizeConfig) -> Quantized:
     return best
 
 
-def _probe(result: Quantized, cfg: QuantizeConfig) -> bool:
-    budget = budget_for(len(result.data), cfg.budget)
+def _probe(result: Quantized) -> bool:
+    budget = result.budget
     _say(f"  probe clip_sigmas {result.clip_sigmas:8.4f}: total {budget.total:>12,} bytes "
          f"{'fits' if budget.fits else 'over'}")
     return budget.fits
@@ -233,7 +238,7 @@ def _report(result: Quantized, budget: Budget) -> None:
     for r in result.reports:
         if r.group != PASSTHROUGH:
             _say(f"  {r.name:<34} int{r.bits}  weight {r.weight_error:.4f}  output {r.output_error:.4f}")
-    _say("quantize: budget (" + ", ".join(f"{name} {size:,}" for name, size in code_files()) + ")")
+    _say("quantize: budget (code: the exported train_gpt.py, counted with the default eval settings)")
     for line in budget.table():
         _say(line)
 

@@ -43,6 +43,7 @@ from golfctl.validation import load_validation_set
 
 CHECKPOINT_NAME = "ckpt.safetensors"
 METRICS_NAME = "metrics.jsonl"
+LOG_NAME = "train.log"  # the console lines, as a records folder ships them
 # Keys that may change on --resume: they alter logging, saving and warm-up, never the weights.
 RUN_CONTROL_KEYS = frozenset({"log_every", "val_every", "val_max_tokens", "checkpoint_every", "compile_warmup_steps"})
 
@@ -314,6 +315,8 @@ class _Trainer:
     def _say(self, line: str) -> None:
         if self.ctx.is_main:
             print(line, file=sys.stderr, flush=True)
+            if self.out.is_dir():
+                _append_line(self.out / LOG_NAME, line)
 
     def _install_signal_handlers(self) -> dict:
         def request_stop(signum, _frame):
