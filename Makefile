@@ -34,7 +34,7 @@ else
 GOLFCTL_RANKS := $(BIN)/torchrun --standalone --nproc_per_node=$(NPROC) -m golfctl
 endif
 
-.PHONY: all install test bench data train final artifact eval report clean
+.PHONY: all install test bench data train final artifact eval report clean seeds
 .DELETE_ON_ERROR:
 
 # The chain ends with the result table; every step before it reruns only when its inputs changed.
@@ -111,6 +111,18 @@ $(OUT)/eval.json: $(OUT)/artifact.bin $(OUT)/.eval.args | $(INSTALLED)
 # The unquantized model's plain score: the reference the quantization gap is measured against.
 $(OUT)/eval_fp.json: $(OUT)/final.safetensors | $(INSTALLED)
 	$(GOLFCTL_RANKS) eval $(OUT)/final.safetensors --data $(DATA) $(TOKENIZER_OPT) --out $@ --no-sliding
+
+# One full chain per seed into $(OUT)/seed-N (one shared dataset), for `golfctl submit` and
+# `golfctl compare`: make seeds SEEDS="1337 42 2025".
+SEEDS ?= 1337 42 2025
+seeds: $(DATA_READY) | $(INSTALLED)
+	@set -e; for seed in $(SEEDS); do \
+		$(MAKE) --no-print-directory all OUT=$(OUT)/seed-$$seed DATA=$(DATA) TOKENIZER='$(TOKENIZER)' \
+			PRESET=$(PRESET) NPROC=$(NPROC) QUANT_ARGS='$(QUANT_ARGS)' EVAL_ARGS='$(EVAL_ARGS)' \
+			TRAIN_ARGS='$(TRAIN_ARGS) --set seed='$$seed; \
+	done
+	@echo "seeds done: golfctl submit $(foreach seed,$(SEEDS),$(OUT)/seed-$(seed)) --out records/…;" \
+		"golfctl compare $(foreach seed,$(SEEDS),$(OUT)/seed-$(seed)) --reference …"
 
 $(OUT):
 	mkdir -p $@

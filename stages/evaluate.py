@@ -149,7 +149,7 @@ def _evaluate(cfg: EvalConfig, ctx: DistContext) -> dict:
 def eval_geometry(cfg: EvalConfig, config) -> tuple[int, int]:
     """(seq_len, loops) of this eval: the options, else the model's; checked against stride and chunk."""
     seq_len = cfg.seq_len or config.train_seq_len
-    if cfg.stride > seq_len:
+    if (cfg.sliding or cfg.ttt) and cfg.stride > seq_len:  # only sliding windows (TTT's too) have a stride
         raise UserError(f"--stride {cfg.stride} must be between 1 and --seq-len {seq_len}")
     if cfg.ttt and cfg.ttt_config.chunk_tokens < seq_len:
         raise UserError(f"--ttt-chunk-tokens {cfg.ttt_config.chunk_tokens} must be at least --seq-len {seq_len}")
