@@ -101,7 +101,8 @@ def compare_lines(ours: list[Result], reference: list[Result] | None, reference_
     return lines + [
         f"  ours       mean {statistics.fmean(values):.5f} {unit}, std {sample_std(values):.5f}, n {len(values)}",
         f"  reference  mean {ref_mean:.5f} {unit}, std {ref_std:.5f}, n {ref_n}",
-        f"  improvement {test.improvement:+.5f} {unit} (required {margin:.5f} {unit} = {MARGIN_NATS} nats)",
+        f"  improvement {test.improvement:+.5f} {unit} (required "
+        + (f"{MARGIN_NATS} nats)" if unit == "nats" else f"{margin:.5f} {unit} = {MARGIN_NATS} nats)"),
         f"  Welch t = {test.t:.3f}, df = {test.df:.2f}, one-sided p = {test.p:.4g}",
         f"verdict: {verdict} the reference by the required {MARGIN_NATS} nats at p = {test.p:.4g} "
         f"({'<' if test.p < P_REQUIRED else '≥'} {P_REQUIRED})",
