@@ -30,8 +30,10 @@ def chain_settings(config: dict, quantize: dict, evaluate: dict | None = None) -
     and codec; an older artifact may lack the calibration keys, which then take the stage's
     defaults) and the eval settings (eval.json's; TTT ones under their `ttt_` names)."""
     evaluate = DEFAULT_EVAL if evaluate is None else evaluate
-    # sorted: the settings are baked in as literals, so the same settings must print the same bytes
-    return {"train": dict(sorted(config.items())),
+    # Sorted: the settings are baked in as literals, so the same settings must print the same bytes.
+    # Without the seed, which the script reads from SEED as the records' do: one script serves every
+    # seed of a submission, and every seed's budget counts that script.
+    return {"train": {k: v for k, v in sorted(config.items()) if k != "seed"},
             "quantize": {k: quantize[k] for k in sorted(QUANTIZE_KEYS) if k in quantize},
             "evaluate": {k: v for k, v in sorted(evaluate.items()) if k in EVAL_KEYS or k.startswith("ttt_")}}
 

@@ -3,8 +3,9 @@
 
 `golfctl submit` passes the run's settings as literals. The environment supplies what the
 challenge's scripts read from it: `DATA_DIR` (default ./data/), in which `VOCAB_SIZE` names
-datasets/fineweb10B_sp{V}/ and tokenizers/fineweb_{V}_bpe.model, and `SEED`, `ITERATIONS`
-and `MAX_WALLCLOCK_SECONDS` (0 drops the cap and the GPTQ reserve with it). Under torchrun the
+datasets/fineweb10B_sp{V}/ and tokenizers/fineweb_{V}_bpe.model, `SEED` (default 1337: the
+settings carry no seed, so one script serves every seed of a submission), `ITERATIONS` and
+`MAX_WALLCLOCK_SECONDS` (0 drops the cap and the GPTQ reserve with it). Under torchrun the
 ranks join one process group for the whole chain; training and eval share the work, rank 0
 writes the model file and the artifact while the others wait. Every file goes to
 ./golfctl_run/, emptied first. The last lines are the records' (`quantized_ttt val_loss:…
@@ -29,6 +30,7 @@ from stages.quantize import QuantizeConfig, run_quantize
 from stages.train import TrainRun, run_train
 
 OUT = Path("golfctl_run")
+DEFAULT_SEED = 1337  # without SEED, as the challenge's scripts
 # eval.json's method name → the label the records print
 RESULT_LABELS = {"plain": "quantized", "sliding": "quantized_sliding_window", "ttt": "quantized_ttt"}
 
@@ -43,7 +45,7 @@ def run_chain(train: dict, quantize: dict, evaluate: dict) -> None:
 
 
 def _chain(ctx: DistContext, train: dict, quantize: dict, evaluate: dict) -> None:
-    cfg = config_from_dict(TrainConfig, {**train, **_environment()})
+    cfg = config_from_dict(TrainConfig, {**train, "seed": DEFAULT_SEED, **_environment()})
     vocab = os.environ.get("VOCAB_SIZE", str(cfg.vocab_size))
     root = Path(os.environ.get("DATA_DIR", "./data/"))
     data = root / "datasets" / f"fineweb10B_sp{vocab}"

@@ -91,10 +91,7 @@ def _load_run(folder: Path) -> Run:
 
 
 def _check_same_settings(runs: list[Run]) -> None:
-    def without_seed(run: Run) -> dict:
-        return {**run.settings, "train": {k: v for k, v in run.settings["train"].items() if k != "seed"}}
-
-    differing = [str(r.folder) for r in runs[1:] if without_seed(r) != without_seed(runs[0])]
+    differing = [str(r.folder) for r in runs[1:] if r.settings != runs[0].settings]  # settings hold no seed
     if differing:
         raise UserError(f"{', '.join(differing)} differ from {runs[0].folder} in more than the seed; one submission "
                         "is one configuration")
@@ -186,8 +183,8 @@ torchrun --standalone --nproc_per_node=8 train_gpt.py
 ```
 
 `DATA_DIR` (default `./data/`) holds `datasets/fineweb10B_sp{runs[0].config['vocab_size']}/` and
-`tokenizers/fineweb_{runs[0].config['vocab_size']}_bpe.model` as the challenge's download script writes them; `SEED`,
-`ITERATIONS` and `MAX_WALLCLOCK_SECONDS` override the baked config. It trains within the clock
+`tokenizers/fineweb_{runs[0].config['vocab_size']}_bpe.model` as the challenge's download script writes them. `SEED` picks the
+seed (default 1337; the table's runs: `SEED=N`); `ITERATIONS` and `MAX_WALLCLOCK_SECONDS` override the baked config. It trains within the clock
 (GPTQ calibration inside its reserve), quantizes, then scores sliding windows and score-first TTT.
 
 Hardware: {summary['hardware']}, PyTorch {summary['pytorch_version']}.
