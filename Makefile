@@ -70,6 +70,7 @@ bench: $(OUT)/artifact.bin
 	$(BIN)/python benchmarks/bench_quantize.py --model $(OUT)/final.safetensors --data $(OUT)/data
 	$(BIN)/python benchmarks/bench_eval.py --model $(OUT)/artifact.bin --data $(OUT)/data
 	$(BIN)/python benchmarks/bench_gpu.py --data $(OUT)/data
+	$(BIN)/python benchmarks/bench_codec.py --artifact $(OUT)/artifact.bin
 
 # A stage's options live in a file that changes only when they change, so editing them reruns it.
 # `+` runs this even under `make -n`, so a dry run lists exactly the stages that would rerun.
