@@ -70,7 +70,13 @@ def eval_command(**options) -> None:
     """Score a model or artifact on the validation split (plain, sliding, --ttt) into eval.json."""
     from stages.evaluate import EvalConfig, run_eval
 
-    run_eval(config_from(EvalConfig, options))
+    cfg = config_from(EvalConfig, options)
+    if cfg.plan:
+        from stages.eval_plan import run_plan
+
+        run_plan(cfg)
+    else:
+        run_eval(cfg)
 
 
 @cli.command("report")

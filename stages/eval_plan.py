@@ -8,6 +8,7 @@ from dataclasses import asdict
 
 from golfctl.config import TrainConfig, resolve_config
 from golfctl.dataset import open_dataset
+from golfctl.errors import refuse_problems
 from golfctl.plan import (forward_flops_per_token, measured_rates, plan_lines, record_rates, scoring_work, seconds,
                           ttt_work)
 from golfctl.weights import load_weights
@@ -16,6 +17,7 @@ from stages.evaluate import EvalConfig, eval_geometry
 
 def run_plan(cfg: EvalConfig) -> dict:
     """The eval's work and estimated seconds (golfctl/plan.py), printed; nothing is scored or written."""
+    refuse_problems(cfg.problems())
     config = resolve_config(TrainConfig, cfg.preset) if cfg.preset else load_weights(cfg.model).config
     seq_len, loops = eval_geometry(cfg, config)
     n_targets = cfg.max_val_tokens or open_dataset(cfg.data).splits["val"].tokens - 1

@@ -89,9 +89,7 @@ class EvalConfig:
 def run_eval(cfg: EvalConfig) -> dict:
     refuse_problems(cfg.problems())
     if cfg.plan:
-        from stages.eval_plan import run_plan  # imported here: the exported train_gpt.py never plans
-
-        return run_plan(cfg)
+        raise UserError("--plan is stages.eval_plan.run_plan's (the CLI calls it): run_eval scores")
     return run_distributed(lambda ctx: _evaluate(cfg, ctx))
 
 

@@ -15,7 +15,8 @@ from golfctl.plan import RecordEval, Rates, plan_lines, record_rates, scoring_wo
 from golfctl.scoring import sliding_windows
 from golfctl.ttt import TTTConfig, padded_step_loss, score_first_ttt, warm_up
 from scoring_problem import SEQ_LEN, STRIDE, VOCAB, scorer, stream, tiny_model
-from stages.evaluate import EvalConfig, run_eval
+from stages.eval_plan import run_plan
+from stages.evaluate import EvalConfig
 from stages.train import TrainRun, run_train
 from test_train import all_tensors, small_config
 from test_ttt import TTT
@@ -98,7 +99,7 @@ def test_plan_counts_work_by_hand():
 
 def test_plan_at_the_record_settings_reproduces_its_log(capsys):
     record = RecordEval()
-    plan = run_eval(EvalConfig(plan=True, preset="record", max_val_tokens=record.val_targets, world_size=8,
+    plan = run_plan(EvalConfig(plan=True, preset="record", max_val_tokens=record.val_targets, world_size=8,
                                ttt=True, ttt_config=record.ttt))
     assert plan["seconds"][1:] == pytest.approx([record.sliding_seconds, record.ttt_seconds], rel=1e-9)
     assert [w["name"] for w in plan["works"]] == ["plain", "sliding", "ttt"]
