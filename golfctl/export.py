@@ -51,8 +51,10 @@ def _own_imports(tree: ast.Module) -> list[str]:
     return found
 
 
-def reached_modules(entry: str = ENTRY) -> list[str]:
-    """Every module reached from `entry`, each after the modules it imports (packages first)."""
+@functools.cache
+def reached_modules(entry: str = ENTRY) -> tuple[str, ...]:
+    """Every module reached from `entry`, each after the modules it imports (packages first).
+    Cached: every budget line exports, and the sources do not change while golfctl runs."""
     order: list[str] = []
 
     def visit(name: str) -> None:
@@ -68,7 +70,7 @@ def reached_modules(entry: str = ENTRY) -> list[str]:
         order.append(order.pop(position))  # then move it after them
 
     visit(entry)
-    return order
+    return tuple(order)
 
 
 class _Minifier(ast.NodeTransformer):
@@ -109,7 +111,7 @@ def stripped_source(name: str) -> str:
     return ast.unparse(ast.fix_missing_locations(_Minifier().visit(_parse(name))))
 
 
-def third_party_imports(modules: list[str]) -> set[str]:
+def third_party_imports(modules: tuple[str, ...]) -> set[str]:
     """Top-level names of every non-standard, non-golfctl module the bundled code imports anywhere."""
     names = set()
     for name in modules:
@@ -121,7 +123,7 @@ def third_party_imports(modules: list[str]) -> set[str]:
     return {n for n in names if n not in sys.stdlib_module_names and n not in PACKAGES and n != "__future__"}
 
 
-def requirements(modules: list[str]) -> list[str]:
+def requirements(modules: tuple[str, ...]) -> list[str]:
     """`dist==version` for each installed distribution those imports come from."""
     distributions = importlib.metadata.packages_distributions()
     pins = set()
@@ -138,9 +140,8 @@ def _bundle(modules: tuple[str, ...]) -> str:
         f"_m({name!r},{source!r})\n" for name, source in sources.items())
 
 
-def program(settings: dict, revision: str | None, modules: tuple[str, ...] | None = None) -> str:
+def program(settings: dict, revision: str | None) -> str:
     """The uncompressed program: module loader, the bundled modules, then `run_chain(**settings)`."""
-    modules = tuple(reached_modules()) if modules is None else modules
     loader = ("def _m(n,s):\n"
               " m=types.ModuleType(n);m.__file__=__file__\n"
               " if n in ('golfctl','stages'):m.__path__=[]\n"
@@ -148,7 +149,7 @@ def program(settings: dict, revision: str | None, modules: tuple[str, ...] | Non
               " if n=='golfctl':m.EXPORTED={'revision':" + repr(revision) + ",'script':__file__}\n"
               " p,_,c=n.rpartition('.')\n"
               " if p:setattr(sys.modules[p],c,m)\n")
-    return (_bundle(modules).replace("\n", "\n" + loader, 1)
+    return (_bundle(reached_modules()).replace("\n", "\n" + loader, 1)
             + f"sys.modules[{ENTRY!r}].run_chain(**{settings!r})\n")
 
 

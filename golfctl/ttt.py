@@ -153,10 +153,14 @@ class _ChunkTrainer:
         self.opt.step()
 
 
+def step_sequences(cfg: TTTConfig, seq_len: int) -> int:
+    """The most sequences one training step holds: batch_seqs, or all of a chunk's if fewer."""
+    return min(cfg.batch_seqs, cfg.chunk_tokens // seq_len)
+
+
 def step_rows(cfg: TTTConfig, seq_len: int, world_size: int) -> int:
-    """Rows of every rank's training forward: a step holds at most min(batch_seqs, sequences in a
-    chunk) sequences, shared out over the ranks in contiguous slices."""
-    return -(-min(cfg.batch_seqs, cfg.chunk_tokens // seq_len) // world_size)
+    """Rows of every rank's training forward: a full step shared out over the ranks in contiguous slices."""
+    return -(-step_sequences(cfg, seq_len) // world_size)
 
 
 def warm_up(scorer: Scorer, vocab_size: int, cfg: TTTConfig | None, params: Sequence[nn.Parameter]) -> None:
@@ -165,7 +169,7 @@ def warm_up(scorer: Scorer, vocab_size: int, cfg: TTTConfig | None, params: Sequ
     scoring (under TTT's flags) and one training step of `step_rows` rows. The weights change:
     the caller restores them."""
     seq_len = scorer.seq_len
-    per_chunk = min(cfg.batch_seqs, cfg.chunk_tokens // seq_len) if cfg is not None else 1
+    per_chunk = step_sequences(cfg, seq_len) if cfg is not None else 1
     tokens = torch.randint(0, vocab_size, (2 * per_chunk * seq_len + 1,), generator=torch.Generator().manual_seed(0))
     windows = plain_windows(tokens.numel(), seq_len)
     scorer.score(tokens, windows)

@@ -63,9 +63,10 @@ def _chain(ctx: DistContext, train: dict, quantize: dict, evaluate: dict) -> Non
                                  ttt_config=ttt, **options))
     if ctx.is_main:
         model_bytes, script_bytes = artifact.stat().st_size, code_bytes({})
-        print(f"Serialized model quantized+{quantize.get('codec', 'ans')}: {model_bytes} bytes")
+        codec = quantize.get("codec", QuantizeConfig.codec)
+        print(f"Serialized model quantized+{codec}: {model_bytes} bytes")
         print(f"Code size: {script_bytes} bytes")
-        print(f"Total submission size quantized+{quantize.get('codec', 'ans')}: {model_bytes + script_bytes} bytes")
+        print(f"Total submission size quantized+{codec}: {model_bytes + script_bytes} bytes")
         for name, entry in report["results"].items():
             print(f"{RESULT_LABELS[name]} val_loss:{entry['val_loss']:.8f} val_bpb:{entry['val_bpb']:.8f} "
                   f"eval_time:{1000 * entry['seconds']:.0f}ms", flush=True)

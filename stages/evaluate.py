@@ -10,10 +10,11 @@ checked against the manifest before any scoring.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -118,13 +119,10 @@ def _evaluate(cfg: EvalConfig, ctx: DistContext) -> dict:
         results["sliding"] = _timed(ctx, "sliding", tokens, lambda progress: scorer.score(
             tokens, sliding_windows(tokens.size, seq_len, cfg.stride), progress))
     if cfg.ttt:
-        original = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        try:
+        with _weights_restored(model):  # nothing learned at test time persists
             results["ttt"] = _timed(ctx, "ttt", tokens, lambda progress: score_first_ttt(
                 scorer, tokens, sliding_windows(tokens.size, seq_len, cfg.stride), cfg.ttt_config, ttt_params,
                 progress))
-        finally:
-            model.load_state_dict(original)  # nothing learned at test time persists
     if not cfg.max_val_tokens:
         _check_bytes(dataset.splits["val"].bytes, results)
     report = {
@@ -181,13 +179,20 @@ def _warm_up(compiler: Compiler, scorer: Scorer, model, cfg: EvalConfig, ttt_par
     the very calls that score); the weights are restored after, so nothing of it remains."""
     if not compiler.enabled:
         return
-    original = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    try:
+    with _weights_restored(model):
         compiler.warm_up(lambda: warm_up(scorer, vocab, cfg.ttt_config if cfg.ttt else None, ttt_params),
                          scorer.ctx.device)
+    _say(scorer.ctx, f"eval: compile warm-up done: {compiler.describe()}")
+
+
+@contextlib.contextmanager
+def _weights_restored(model) -> Iterator[None]:
+    """The model's weights as they were on entry once the block ends, however it ends."""
+    original = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    try:
+        yield
     finally:
         model.load_state_dict(original)
-    _say(scorer.ctx, f"eval: compile warm-up done: {compiler.describe()}")
 
 
 def _timed(ctx: DistContext, name: str, tokens, run: Callable[[Progress | None], Sums]) -> dict:
