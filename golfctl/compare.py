@@ -95,6 +95,9 @@ def compare_lines(ours: list[Result], reference: list[Result] | None, reference_
             raise UserError("--reference-bpb needs results that record tokens and bytes (eval.json files)")
         unit, values = "BPB", [r.val_bpb for r in ours]
         ref_mean, ref_std, ref_n = reference_bpb
+        if not (math.isfinite(ref_mean) and math.isfinite(ref_std) and ref_std >= 0):
+            raise UserError(f"--reference-bpb and --reference-std must be finite (the std >= 0), got {ref_mean}, "
+                            f"{ref_std}")
         margin = MARGIN_NATS / math.log(2) * statistics.fmean(ratios)
     test = welch(values, ref_mean, ref_std, ref_n, margin)
     verdict = "beats" if test.p < P_REQUIRED and test.improvement > margin else "does not beat"

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from golfctl.config import ModelConfig, TrainConfig, resolve_config
+from golfctl.errors import UserError
 from golfctl.model import model_flops_per_token
 from golfctl.scoring import sliding_windows, windows_by_chunk
 from golfctl.ttt import TTTConfig, chunk_sequences, step_rows
@@ -123,9 +124,16 @@ def record_rates(record: RecordEval = RecordEval()) -> Rates:
 
 def measured_rates(path: Path) -> Rates:
     """Rates from the JSON that benchmarks/bench_gpu.py writes."""
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
-    return Rates(float(data["forward_flops_per_s"]), float(data["train_flops_per_s"]),
-                 f"measured by bench_gpu.py on {data['device']} ({path})")
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        rates = Rates(float(data["forward_flops_per_s"]), float(data["train_flops_per_s"]),
+                      f"measured by bench_gpu.py on {data['device']} ({path})")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"--rates {path}: not a gpu_rates.json of benchmarks/bench_gpu.py ({exc}); "
+                        "run the benchmark or drop --rates") from None
+    if not (math.isfinite(rates.forward) and math.isfinite(rates.train) and rates.forward > 0 and rates.train > 0):
+        raise UserError(f"--rates {path}: the rates must be positive numbers, got {rates.forward}, {rates.train}")
+    return rates
 
 
 def plan_lines(works: list[PassWork], seq_len: int, flops_per_token: float, rates: Rates) -> list[str]:

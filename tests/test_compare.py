@@ -49,3 +49,5 @@ def test_cli_verdicts(tmp_path):
     assert "verdict: does not beat" in close.stdout, close.stdout + close.stderr
     assert_clean_error(golfctl("compare", ours[0], "--reference", reference[0]), "at least 2")
     assert_clean_error(golfctl("compare", *ours), "give the reference")
+    assert_clean_error(golfctl("compare", *ours, "--reference-bpb", 1.1, "--reference-std", "nan", "--reference-n", 3),
+                       "must be finite")

@@ -6,11 +6,14 @@ CPU run, three processes that each compile, is `make bench`'s: the suite has no 
 from __future__ import annotations
 
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from golfctl.compile import Compiler
+from golfctl.errors import UserError
 from golfctl.plan import RecordEval, Rates, plan_lines, record_rates, scoring_work, seconds, ttt_work
 from golfctl.scoring import sliding_windows
 from golfctl.ttt import TTTConfig, padded_step_loss, score_first_ttt, warm_up
@@ -107,3 +110,14 @@ def test_plan_at_the_record_settings_reproduces_its_log(capsys):
     assert "sliding  633,409 windows" in out and "1,238 chunks" in out  # the record's own ttt:start chunks=1238
     rates = record_rates()
     assert rates.forward > rates.train > 0
+
+
+def test_plan_options_refuse_bad_values(tmp_path):
+    bad = tmp_path / "rates.json"
+    bad.write_text('{"forward_flops_per_s": "nan", "train_flops_per_s": 1, "device": "x"}')
+    for rates, fragment in ((tmp_path / "missing.json", "not a gpu_rates.json"), (bad, "positive numbers")):
+        with pytest.raises(UserError, match=fragment):
+            run_plan(EvalConfig(plan=True, preset="tiny", max_val_tokens=1000, rates=rates))
+    problems = EvalConfig(model=Path("a.bin"), data=Path("d"), out=Path("e.json"), world_size=2, rates=bad).problems()
+    assert "--world-size is only for --plan" in problems and "--rates is only for --plan" in problems
+    assert "--plan needs MODEL or --preset (one of them)" in EvalConfig(plan=True, max_val_tokens=9).problems()
