@@ -1,11 +1,14 @@
 """Benchmark: golfctl's artifact against the records' ways of storing the same quantized model.
 
-    .venv/bin/python benchmarks/bench_codec.py [--artifact artifacts/artifact.bin]
+    .venv/bin/python benchmarks/bench_codec.py [--artifact artifacts/artifact.bin] [--timing-values 36000000]
 
 The artifact is decoded into its integers, fp16 row scales and fp16 passthrough tensors, and
 the same content is stored each way; every figure is whole bytes of what would be shipped:
 
-- golfctl: the artifact file as written (prefix, zstd JSON header, coded payload);
+- golfctl: the artifact file as given (prefix, zstd JSON header, coded payload);
+- golfctl (this version): the same tensors re-encoded by this golfctl with --codec auto (the
+  smallest codec per tensor), so an artifact written by an older golfctl shows what it would
+  be now. It must decode to the same dequantized state, bit for bit;
 - order-0 bound: Σ n·H(q) over the integer tensors, each under its own order-0 model, plus the
   fp16 scales and tensors at 2 bytes a value (no header): the bound golfctl's codec approaches;
 - 04-09 (brotli): the 2026-04-09 record's method: `torch.save({"w": …, "m": …})` of int8
@@ -16,7 +19,14 @@ the same content is stored each way; every figure is whole bytes of what would b
   otherwise reported as skipped. (The 04-27 record also reorders rows and groups tensors
   first; this measures the compressor on the 04-09 layout.)
 
-Each row shows bytes and the ratio to golfctl's; ratios below 1 beat golfctl.
+Each row shows bytes and the ratio to golfctl's (this version); ratios above 1 lose to it. A
+second table splits golfctl (this version) by part (integers, scales, fp16 tensors, header and
+prefix) next to brotli on each part's raw bytes alone (byte-shuffled, no pickle around them).
+
+Timing (--timing-values N, 0 to skip): N random int6 integers shaped like the record preset's
+block matrices plus its int8 embedding, each row round(N(0, 2.4)) clipped to ±31 (the spread
+of SDClip k = 12.85 integers; the embedding's rows N(0, 6)), with fp16 scales; encode and decode
+seconds of the whole artifact with --codec auto, checked bit-exact.
 """
 
 from __future__ import annotations
@@ -28,13 +38,17 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from golfctl.artifact import QuantizedTensor, read_artifact
+from golfctl.artifact import (AUTO, PREFIX_BYTES, Float16Tensor, QuantizedTensor, decode_artifact,
+                              dequantized_state, encode_artifact, read_artifact)
 from golfctl.codec import entropy_bound_bytes
+from golfctl.config import TrainConfig, resolve_config
+from golfctl.model import GPT, parameter_roles
 
 SHUFFLE_MAGIC = b"BSHF"  # the records' byte-shuffle header: magic, stride, then the shuffled bytes
 
@@ -42,13 +56,18 @@ SHUFFLE_MAGIC = b"BSHF"  # the records' byte-shuffle header: magic, stride, then
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--artifact", type=Path, default=Path("artifacts/artifact.bin"))
+    parser.add_argument("--timing-values", type=int, default=36_000_000,
+                        help="integers in the timing artifact (record scale: about 36M); 0 skips it")
     args = parser.parse_args()
     artifact = read_artifact(args.artifact)
-    golfctl_bytes = args.artifact.stat().st_size
+    current = reencode(artifact)
+    ours = len(current)
     saved = record_layout_bytes(artifact)
     shuffled = byte_shuffle(saved)
-    rows = [("golfctl", golfctl_bytes), ("order-0 bound", order0_bytes(artifact)),
-            ("04-09 (brotli)", brotli_bytes(shuffled)),
+    brotli = brotli_bytes(shuffled)
+    rows = [(f"golfctl (file, v{artifact.version})", args.artifact.stat().st_size),
+            ("golfctl (this version)", ours), ("order-0 bound", order0_bytes(artifact)),
+            ("04-09 (brotli)", brotli),
             ("lzma", len(lzma.compress(shuffled, preset=9 | lzma.PRESET_EXTREME))),
             ("04-27 (lrzip)", lrzip_bytes(shuffled))]
     print(f"bench_codec: {args.artifact} (codec {artifact.codec}, {len(artifact.tensors)} tensors, "
@@ -56,10 +75,85 @@ def main() -> int:
           f"torch.save layout {len(saved):,} bytes")
     for name, size in rows:
         if size is None:
-            print(f"  {name:<16} skipped (no lrzip on PATH)")
+            print(f"  {name:<24} skipped (no lrzip on PATH)")
         else:
-            print(f"  {name:<16}{size:>12,} bytes  {size / golfctl_bytes:6.3f}× golfctl")
+            print(f"  {name:<24}{size:>12,} bytes  {size / ours:6.3f}× golfctl")
+    print(f"  golfctl is {1 - ours / brotli:.2%} smaller than the 04-09 method")
+    print_parts(decode_artifact(current, "re-encoded"), artifact)
+    if args.timing_values:
+        print_timing(args.timing_values)
     return 0
+
+
+def reencode(artifact) -> bytes:
+    data = encode_artifact(list(artifact.tensors.values()), AUTO, artifact.config, artifact.source, artifact.meta)
+    before, after = dequantized_state(artifact), dequantized_state(decode_artifact(data, "re-encoded"))
+    if before.keys() != after.keys() or not all(torch.equal(before[k], after[k]) for k in before):
+        raise SystemExit("bench_codec: the re-encoded artifact does not dequantize to the same state")
+    return data
+
+
+def print_parts(ours, artifact) -> None:
+    """Bytes by part: golfctl (this version) against brotli on each part alone."""
+    ints = {n for n, t in artifact.tensors.items() if isinstance(t, QuantizedTensor)}
+    parts = {"integers": sum(ours.stored[n].data_bytes for n in ints),
+             "scales": sum(ours.stored[n].scale_bytes for n in ints),
+             "fp16 tensors": sum(s.data_bytes for n, s in ours.stored.items() if n not in ints)}
+    parts["header+prefix"] = PREFIX_BYTES + ours.header_bytes
+    raw = {"integers": b"".join(artifact.tensors[n].q.tobytes() for n in ints),
+           "scales": b"".join(artifact.tensors[n].scales.tobytes() for n in ints),
+           "fp16 tensors": b"".join(np.asarray(t.values).tobytes() for n, t in artifact.tensors.items() if n not in ints)}
+    print("  by part (brotli: byte-shuffle + brotli-11 of the part's raw bytes, no pickle around them)")
+    print(f"  {'part':<16}{'golfctl':>12}{'brotli':>12}")
+    for part, size in parts.items():
+        other = f"{brotli_bytes(byte_shuffle(raw[part])):,}" if part in raw else "—"
+        print(f"  {part:<16}{size:>12,}{other:>12}")
+
+def print_timing(values: int) -> None:
+    tensors = record_like_tensors(values)
+    count = sum(t.q.size for t in tensors if isinstance(t, QuantizedTensor))
+    start = time.perf_counter()
+    data = encode_artifact(tensors, AUTO, {}, {}, {})
+    encoded = time.perf_counter()
+    back = decode_artifact(data, "timing")
+    decoded = time.perf_counter()
+    if not all(np.array_equal(back.tensors[t.name].q, t.q) for t in tensors if isinstance(t, QuantizedTensor)):
+        raise SystemExit("bench_codec: the timing artifact does not round-trip")
+    bound = sum(entropy_bound_bytes(t.q) for t in tensors if isinstance(t, QuantizedTensor))
+    print(f"timing: {count:,} integers in {len(tensors)} record-shaped tensors: artifact {len(data):,} bytes "
+          f"({len(data) / bound:.4f}× the integers' order-0 bound); encode {encoded - start:.1f} s "
+          f"({count / (encoded - start) / 1e6:.1f} M/s), decode {decoded - encoded:.1f} s "
+          f"({count / (decoded - encoded) / 1e6:.1f} M/s)")
+
+
+def record_like_tensors(values: int) -> list:
+    """Random integers in the record preset's quantized shapes, repeated or cut to about `values`."""
+    cfg = resolve_config(TrainConfig, preset="record")
+    with torch.device("meta"):
+        model = GPT(cfg)
+    roles = parameter_roles(model)
+    shapes = [(n, tuple(p.shape), roles[n].name == "embed") for n, p in model.named_parameters() if roles[n].quantized]
+    rng = np.random.default_rng(0)
+    tensors, total = [], 0
+    while total < values:
+        for name, shape, embed in shapes:
+            if total >= values:
+                break
+            rows = shape[0]
+            cols = int(np.prod(shape)) // rows
+            std, limit = (6.0, 127) if embed else (2.4, 31)
+            q = np.clip(np.round(rng.standard_normal((rows, cols)) * std), -limit, limit).astype(np.int8)
+            scales = (0.01 * (1 + 0.2 * rng.random(rows))).astype(np.float16)
+            tensors.append(QuantizedTensor(f"{name}.{len(tensors)}", shape, 8 if embed else 6, q, scales))
+            total += q.size
+    tensors.append(Float16Tensor("norm", (512,), np.ones(512, np.float16)))
+    return tensors
+
+
+def torch_save(obj) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
 
 
 def record_layout_bytes(artifact) -> bytes:
@@ -73,9 +167,7 @@ def record_layout_bytes(artifact) -> bytes:
         else:
             weights[name] = torch.from_numpy(np.asarray(tensor.values, dtype=np.float16).reshape(tensor.shape))
             meta[name] = "passthrough (float16)"
-    buffer = io.BytesIO()
-    torch.save({"w": weights, "m": meta}, buffer)
-    return buffer.getvalue()
+    return torch_save({"w": weights, "m": meta})
 
 
 def byte_shuffle(data: bytes, stride: int = 2) -> bytes:

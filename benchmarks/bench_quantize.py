@@ -8,14 +8,15 @@ stage's defaults: int6 block matrices, int8 tied embedding, SDClip k = 12.85 / 2
              total bytes and encode / decode seconds (best of --repeats) of
                ans    CODECS["ans"] per tensor (its symbol tables live in the artifact's header
                       and are listed apart: they are not in the coded bytes)
+               rows   CODECS["rows"] per tensor (adaptive, row references; params are a few ints)
                zstd   CODECS["zstd"] per tensor (level 22)
                naive  torch.save of {name: int8 tensor} into memory, then zlib level 9
                       (decode: zlib.decompress + torch.load(weights_only=True))
              each as a ratio to the order-0 entropy bound Σ n·H(q) (entropy_bound_bytes summed
              per tensor). Every decode is checked against the integers it came from.
-  artifact   run_quantize writes the artifact with --codec ans and with --codec zstd (prefix,
-             zstd header, coded integers, fp16 scales and fp16 tensors), against the bound plus
-             the fp16 bytes, which no codec here shrinks. For scale, a naive artifact:
+  artifact   run_quantize writes the artifact with --codec auto (the default: the smallest codec
+             per tensor), ans and zstd (prefix, zstd header, coded integers, coded fp16 scales
+             and fp16 tensors), against the bound plus the fp16 bytes at face value. For scale, a naive artifact:
              torch.save of the int8 integers, fp16 scales and fp16 tensors, then zlib 9 (it
              records no config, so it could not rebuild the model). Encode seconds re-encode
              the decoded artifact (which must give the file's bytes back); decode seconds
@@ -48,7 +49,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from golfctl.artifact import (PREFIX_BYTES, Float16Tensor, QuantizedTensor, decode_artifact, encode_artifact,
+from golfctl.artifact import (PREFIX_BYTES, QuantizedTensor, decode_artifact, dequantized_state, encode_artifact,
                               read_artifact)
 from golfctl.calibration import calibration_batches, collect_hessians
 from golfctl.codec import CODECS, entropy_bound_bytes
@@ -122,7 +123,8 @@ def run(model_path: Path, data: Path, tmp: Path, repeats: int) -> None:
 
     # The written artifacts: GPTQ with each codec, and RTN at the same bits and clipping.
     paths = {}
-    for label, method, codec in (("gptq/ans", "gptq", "ans"), ("gptq/zstd", "gptq", "zstd"), ("rtn/ans", "rtn", "ans")):
+    for label, method, codec in (("gptq/auto", "gptq", "auto"), ("gptq/ans", "gptq", "ans"), ("gptq/zstd", "gptq", "zstd"),
+                                 ("rtn/auto", "rtn", "auto")):
         paths[label] = tmp / f"{method}-{codec}.bin"
         start = time.perf_counter()
         with contextlib.redirect_stderr(io.StringIO()):  # the stage's own report; the tables below replace it
@@ -207,8 +209,9 @@ def report_codecs(q: dict[str, np.ndarray], repeats: int) -> None:
     for name, codec in CODECS.items():
         coded, encode_s = best_time(lambda codec=codec: {n: codec.encode(t) for n, t in q.items()}, repeats)
         decoded, decode_s = best_time(
-            lambda codec=codec, coded=coded: {n: codec.decode(d, p, q[n].size) for n, (d, p) in coded.items()}, repeats)
-        check(all(np.array_equal(decoded[n], t.ravel()) for n, t in q.items()), f"{name} does not round-trip")
+            lambda codec=codec, coded=coded: {n: codec.decode(d, p, *q[n].shape) for n, (d, p) in coded.items()},
+            repeats)
+        check(all(np.array_equal(decoded[n], t) for n, t in q.items()), f"{name} does not round-trip")
         params = sum(len(json.dumps(p, separators=(",", ":"))) for _, p in coded.values())
         rows.append((f"{name}{'-22' if name == 'zstd' else ''}", sum(len(d) for d, _ in coded.values()), params,
                      encode_s, decode_s))
@@ -231,7 +234,7 @@ def report_artifacts(paths: dict[str, Path], q_gptq: dict[str, np.ndarray], repe
     """Whole artifacts from run_quantize (GPTQ, ans and zstd) and a naive one, against the bound + fp16 bytes."""
     bound = sum(entropy_bound_bytes(t) for t in q_gptq.values())
     rows, decoded = [], {}
-    for label in ("gptq/ans", "gptq/zstd"):
+    for label in ("gptq/auto", "gptq/ans", "gptq/zstd"):
         data = paths[label].read_bytes()
         artifact, decode_s = best_time(lambda data=data: decode_artifact(data, label), repeats)
         decoded[label] = artifact
@@ -242,14 +245,16 @@ def report_artifacts(paths: dict[str, Path], q_gptq: dict[str, np.ndarray], repe
         ints = {n: t.q for n, t in artifact.tensors.items() if isinstance(t, QuantizedTensor)}
         check(ints.keys() == q_gptq.keys() and all(np.array_equal(ints[n], q) for n, q in q_gptq.items()),
               f"{label}: the artifact's integers differ from the GPTQ integers measured above")
-        scale_bytes = sum(t.scales.nbytes for t in artifact.tensors.values() if isinstance(t, QuantizedTensor))
-        fp16_bytes = sum(t.values.nbytes for t in artifact.tensors.values() if isinstance(t, Float16Tensor))
-        coded = sum(artifact.stored_bytes[n] for n in ints) - scale_bytes
+        scale_bytes = sum(artifact.stored[n].scale_bytes for n in ints)
+        fp16_bytes = sum(s.data_bytes for n, s in artifact.stored.items() if n not in ints)
+        coded = sum(artifact.stored[n].data_bytes for n in ints)
         rows.append((label, len(data), PREFIX_BYTES + artifact.header_bytes, coded, scale_bytes, fp16_bytes,
                      encode_s, decode_s))
-    floor = bound + scale_bytes + fp16_bytes  # the same scales and fp16 tensors in both artifacts
+    face_value = sum(t.scales.nbytes if isinstance(t, QuantizedTensor) else t.values.nbytes
+                     for t in decoded["gptq/ans"].tensors.values())
+    floor = bound + face_value  # the same scales and fp16 tensors in every artifact, 2 bytes a value
     naive_in = {}
-    for name, t in decoded["gptq/ans"].tensors.items():
+    for name, t in decoded["gptq/auto"].tensors.items():
         if isinstance(t, QuantizedTensor):
             naive_in[name], naive_in[f"{name}.scales"] = t.q, t.scales
         else:
@@ -271,10 +276,11 @@ def report_artifacts(paths: dict[str, Path], q_gptq: dict[str, np.ndarray], repe
 
 
 def report_quality(weights, paths: dict[str, Path], data: Path, device: torch.device) -> None:
-    """Plain validation BPB: unquantized, GPTQ and RTN artifacts (the zstd one must dequantize like the ans one)."""
-    ans, zstd = read_artifact(paths["gptq/ans"]), read_artifact(paths["gptq/zstd"])
-    check(all(np.array_equal(ans.tensors[n].q, t.q) for n, t in zstd.tensors.items() if isinstance(t, QuantizedTensor)),
-          "the ans and zstd GPTQ artifacts hold different integers")
+    """Plain validation BPB: unquantized, GPTQ and RTN artifacts (every codec must dequantize alike)."""
+    auto = dequantized_state(read_artifact(paths["gptq/auto"]))
+    for label in ("gptq/ans", "gptq/zstd"):
+        other = dequantized_state(read_artifact(paths[label]))
+        check(all(torch.equal(auto[n], t) for n, t in other.items()), f"{label} and gptq/auto dequantize differently")
     print(f"\nquality: plain validation BPB at eval loops {weights.config.resolved_eval_loops}")
     print(f"  {'weights':<12}{'val_bpb':>9}{'gap':>9}{'seconds':>9}")
     val = load_validation_set(open_dataset(data), None, weights.config.vocab_size, 1, device)
@@ -282,7 +288,7 @@ def report_quality(weights, paths: dict[str, Path], data: Path, device: torch.de
     base = score_weights(weights, val, device)
     print(f"  {'unquantized':<12}{base.bpb:>9.4f}{'':>9}{sync(device) - start:>9.1f}")
     gaps = {}
-    for label, key in (("GPTQ", "gptq/ans"), ("RTN", "rtn/ans")):
+    for label, key in (("GPTQ", "gptq/auto"), ("RTN", "rtn/auto")):
         start = sync(device)
         result = score_weights(load_weights(paths[key]), val, device)
         gaps[label] = result.bpb - base.bpb

@@ -10,7 +10,6 @@ import numpy as np
 
 from golfctl.artifact import FORMAT as ARTIFACT_FORMAT
 from golfctl.artifact import MAGIC as ARTIFACT_MAGIC
-from golfctl.artifact import VERSION as ARTIFACT_VERSION
 from golfctl.artifact import QuantizedTensor, read_artifact
 from golfctl.budget import budget_for, chain_settings
 from golfctl.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, read_metadata
@@ -124,16 +123,17 @@ def _provenance_line(prov: dict) -> str:
 def describe_artifact(path: Path) -> list[str]:
     artifact = read_artifact(path)  # validates every length, offset, shape and the checksum
     meta = artifact.meta
-    lines = [f"{path}: quantized artifact ({ARTIFACT_FORMAT} v{ARTIFACT_VERSION}), codec {artifact.codec}",
+    lines = [f"{path}: quantized artifact ({ARTIFACT_FORMAT} v{artifact.version}), codec {artifact.codec}",
              _model_line(artifact.config),
              "  quantizer   " + ", ".join(f"{k} {v}" for k, v in sorted(meta.items())),
              "  source      " + ", ".join(f"{k} {v}" for k, v in sorted(artifact.source.items())),
              f"  header      {artifact.header_bytes:,} bytes (zstd JSON); payload {artifact.payload_bytes:,} bytes",
-             f"  {'tensor':<34}{'shape':>14}{'kind':>7}{'bytes':>10}"]
+             f"  {'tensor':<34}{'shape':>14}{'kind':>7}{'bytes':>10}  codec (values+scales)"]
     for name, tensor in artifact.tensors.items():
         kind = f"int{tensor.bits}" if isinstance(tensor, QuantizedTensor) else "fp16"
         shape = "×".join(map(str, tensor.shape)) or "scalar"
-        lines.append(f"  {name:<34}{shape:>14}{kind:>7}{artifact.stored_bytes[name]:>10,}")
+        stored = artifact.stored[name]
+        lines.append(f"  {name:<34}{shape:>14}{kind:>7}{stored.total_bytes:>10,}  {stored.describe()}")
     lines.append("  budget")
     lines += budget_for(path.stat().st_size, chain_settings(artifact.config, {**meta, "codec": artifact.codec})).table()
     return lines

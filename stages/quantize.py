@@ -16,15 +16,17 @@ import dataclasses
 import functools
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from golfctl.artifact import Float16Tensor, QuantizedTensor, decode_artifact, encode_artifact, write_artifact
+from golfctl.artifact import (AUTO, CODEC_CHOICES, Float16Tensor, QuantizedTensor, decode_artifact, encode_artifact,
+                              write_artifact)
 from golfctl.budget import DEFAULT_BUDGET, Budget, OverBudget, budget_for, chain_settings
 from golfctl.calibration import calibration_batches, collect_hessians
-from golfctl.codec import CODECS, entropy_bound_bytes
+from golfctl.codec import entropy_bound_bytes
 from golfctl.dataset import open_dataset
 from golfctl.errors import UserError, refuse_problems
 from golfctl.gptq import dequantize, output_error, quantize_gptq, quantize_rtn, sdclip_scales, weight_error
@@ -55,8 +57,8 @@ class QuantizeConfig:
     budget: int = dataclasses.field(default=DEFAULT_BUDGET, metadata={"help": "Bytes for artifact + code."})
     fit: bool = dataclasses.field(default=False, metadata={
         "help": "Bisect --clip-sigmas for the finest grid that fits the budget."})
-    codec: str = dataclasses.field(default="ans", metadata={
-        "choices": tuple(CODECS), "help": "Entropy coder of the quantized integers."})
+    codec: str = dataclasses.field(default=AUTO, metadata={
+        "choices": CODEC_CHOICES, "help": "Integer codec: auto picks the smallest per tensor."})
     calib_batches: int = dataclasses.field(default=16, metadata={"help": "Calibration batches of training tokens."})
     calib_batch_seqs: int = dataclasses.field(default=8, metadata={"help": "Sequences per calibration batch."})
     evaluate: bool = dataclasses.field(default=False, metadata={
@@ -68,8 +70,8 @@ class QuantizeConfig:
         p = []
         if self.method not in METHODS:
             p.append(f"--method must be one of {METHODS}, got {self.method!r}")
-        if self.codec not in CODECS:
-            p.append(f"--codec must be one of {tuple(CODECS)}, got {self.codec!r}")
+        if self.codec not in CODEC_CHOICES:
+            p.append(f"--codec must be one of {CODEC_CHOICES}, got {self.codec!r}")
         p += [f"--{k.replace('_', '-')} must be in 2..8, got {getattr(self, k)}"
               for k in ("bits", "embed_bits") if not 2 <= getattr(self, k) <= 8]
         p += [f"--{k.replace('_', '-')} must be positive, got {getattr(self, k)}"
@@ -94,8 +96,9 @@ class Quantized:
     clip_sigmas: float
     data: bytes
     reports: list[TensorReport]
-    coded_bytes: dict[str, int]  # group → payload bytes of its coded integers (raw values for PASSTHROUGH)
-    scale_bytes: dict[str, int]  # group → payload bytes of its fp16 row scales
+    coded_bytes: dict[str, int]  # group → payload bytes of its coded integers (coded fp16 values for PASSTHROUGH)
+    scale_bytes: dict[str, int]  # group → payload bytes of its coded fp16 row scales
+    codecs: dict[str, str]  # tensor → the codecs it was stored with ("rows+split": integers + scales)
     budget: Budget  # this artifact + the train_gpt.py that reproduces it
 
 
@@ -166,24 +169,23 @@ def _quantize(weights: Weights, hessians: dict[str, torch.Tensor], roles: dict[s
             "calib_batch_seqs": cfg.calib_batch_seqs}
     config = dataclasses.asdict(weights.config)
     data = encode_artifact(tensors, cfg.codec, config, source, meta)
-    coded, scales = _payload_bytes(data, roles)
+    coded, scales, codecs = _payload_bytes(data, roles)
     # code bytes: the exported script with these settings and the default eval settings (not known yet)
     budget = budget_for(len(data), chain_settings(config, {**meta, "codec": cfg.codec}), cfg.budget)
-    return Quantized(clip_sigmas, data, reports, coded, scales, budget)
+    return Quantized(clip_sigmas, data, reports, coded, scales, codecs, budget)
 
 
-def _payload_bytes(data: bytes, roles: dict[str, Role]) -> tuple[dict[str, int], dict[str, int]]:
-    """Coded and scale bytes per report group, read back from the artifact (proving it decodes)."""
+def _payload_bytes(data: bytes, roles: dict[str, Role]) -> tuple[dict[str, int], dict[str, int], dict[str, str]]:
+    """Coded and scale bytes per report group, and each tensor's codecs, read back from the artifact
+    (proving it decodes)."""
     artifact = decode_artifact(data, "the new artifact")
     coded: dict[str, int] = {}
     scales: dict[str, int] = {}
-    for name, size in artifact.stored_bytes.items():
+    for name, stored in artifact.stored.items():
         group = _report_group(roles[name])
-        tensor = artifact.tensors[name]
-        scale = tensor.scales.nbytes if isinstance(tensor, QuantizedTensor) else 0
-        coded[group] = coded.get(group, 0) + size - scale
-        scales[group] = scales.get(group, 0) + scale
-    return coded, scales
+        coded[group] = coded.get(group, 0) + stored.data_bytes
+        scales[group] = scales.get(group, 0) + stored.scale_bytes
+    return coded, scales, {name: stored.describe() for name, stored in artifact.stored.items()}
 
 
 def _fit(make, cfg: QuantizeConfig) -> Quantized:
@@ -216,7 +218,7 @@ def _probe(result: Quantized) -> bool:
 
 
 def _report(result: Quantized, budget: Budget) -> None:
-    _say("quantize: tensor groups (coded bytes against the order-0 entropy bound Σ n·H(q); scales are fp16)")
+    _say("quantize: tensor groups (coded bytes against the order-0 entropy bound Σ n·H(q) of the integers)")
     _say(f"  {'group':<7}{'tensors':>8}{'values':>12}{'bits':>6}{'coded bytes':>14}{'entropy bound':>15}{'ratio':>8}"
          f"{'scale bytes':>13}")
     total_coded = total_bound = 0.0
@@ -234,10 +236,15 @@ def _report(result: Quantized, budget: Budget) -> None:
     if total_bound:
         _say(f"  total coded integers / entropy bound: {total_coded:,.0f} / {total_bound:,.0f} = "
              f"{total_coded / total_bound:.4f}")
-    _say("quantize: per-tensor error (relative weight error, Hessian-weighted output error ‖ΔW·X‖/‖W·X‖)")
+    _say("quantize: per tensor: relative weight error, Hessian-weighted output error ‖ΔW·X‖/‖W·X‖, and the "
+         "codecs picked (integers+scales)")
     for r in result.reports:
         if r.group != PASSTHROUGH:
-            _say(f"  {r.name:<34} int{r.bits}  weight {r.weight_error:.4f}  output {r.output_error:.4f}")
+            _say(f"  {r.name:<34} int{r.bits}  weight {r.weight_error:.4f}  output {r.output_error:.4f}  "
+                 f"{result.codecs[r.name]}")
+    passthrough = Counter(result.codecs[r.name] for r in result.reports if r.group == PASSTHROUGH)
+    if passthrough:
+        _say("  fp16 tensors: " + ", ".join(f"{codec} ×{n}" for codec, n in sorted(passthrough.items())))
     _say("quantize: budget (code: the exported train_gpt.py, counted with the default eval settings)")
     for line in budget.table():
         _say(line)

@@ -45,7 +45,7 @@ def test_make_all_chain_reruns_only_what_changed(tmp_path, small_corpus):
     first = make(out, small_corpus)
     assert stages_run(first) == ["tokenize", "train", "ema-finalize", "quantize", "eval", "eval"]
     for name, kind in [("data", "golfctl.dataset v1"), ("run/ckpt.safetensors", "training checkpoint"),
-                       ("final.safetensors", "golfctl.model v1"), ("artifact.bin", "golfctl.quantized v1")]:
+                       ("final.safetensors", "golfctl.model v1"), ("artifact.bin", "golfctl.quantized v2")]:
         assert kind in inspect(out / name), name
     report = json.loads((out / "eval.json").read_text())
     assert report["format"] == "golfctl.eval" and set(report["results"]) == {"plain", "sliding", "ttt"}

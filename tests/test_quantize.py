@@ -10,7 +10,7 @@ import torch
 from cli_helpers import assert_clean_error, golfctl
 from safetensors import safe_open
 
-from golfctl.artifact import PREFIX_BYTES, QuantizedTensor, read_artifact
+from golfctl.artifact import PREFIX_BYTES, QuantizedTensor, Stored, read_artifact
 from golfctl.budget import OverBudget
 from golfctl.fileio import sha256_file
 from golfctl.weights import build_model, load_weights, save_model_file
@@ -66,14 +66,15 @@ def test_golden_artifact_and_exact_round_trip(tmp_path, final_model, small_datas
     size = out.stat().st_size
     assert size == summary["artifact_bytes"] == PREFIX_BYTES + artifact.header_bytes + artifact.payload_bytes
     golden("quantize_artifact.json", {
-        "about": "quantize --calib-batches 2 (gptq, int6 blocks, int8 embedding, ans) of the trained_run fixture's EMA "
-                 "weights in a model file with fixed metadata; source.model_sha256 is that file's sha256; per tensor: "
-                 "payload bytes of its coded integers (fp16: of its values) and of its fp16 row scales",
+        "about": "quantize --calib-batches 2 (gptq, int6 blocks, int8 embedding, codec auto) of the trained_run "
+                 "fixture's EMA weights in a model file with fixed metadata; source.model_sha256 is that file's "
+                 "sha256; per tensor: the codecs picked (integers+scales) and the payload bytes of its coded "
+                 "integers (fp16: of its values) and of its row scales",
         "artifact": {"bytes": size, "sha256": sha256_file(out), "header_bytes": artifact.header_bytes,
                      "payload_bytes": artifact.payload_bytes, "codec": artifact.codec},
         "meta": artifact.meta,
         "source": artifact.source,
-        "tensors": [_tensor_row(name, t, artifact.stored_bytes[name]) for name, t in artifact.tensors.items()],
+        "tensors": [_tensor_row(name, t, artifact.stored[name]) for name, t in artifact.tensors.items()],
     })
     loaded = load_weights(out)
     for name, tensor in artifact.tensors.items():
@@ -90,12 +91,11 @@ def test_golden_artifact_and_exact_round_trip(tmp_path, final_model, small_datas
         assert torch.equal(build_model(loaded, torch.device("cpu"))(x), reference(x))
 
 
-def _tensor_row(name: str, tensor, stored_bytes: int) -> dict:
+def _tensor_row(name: str, tensor, stored: Stored) -> dict:
+    row = {"name": name, "shape": list(tensor.shape), "codec": stored.describe(), "coded_bytes": stored.data_bytes}
     if isinstance(tensor, QuantizedTensor):
-        scale_bytes = tensor.scales.nbytes
-        return {"name": name, "shape": list(tensor.shape), "kind": f"int{tensor.bits}",
-                "coded_bytes": stored_bytes - scale_bytes, "scale_bytes": scale_bytes}
-    return {"name": name, "shape": list(tensor.shape), "kind": "fp16", "coded_bytes": stored_bytes}
+        return {**row, "kind": f"int{tensor.bits}", "scale_bytes": stored.scale_bytes}
+    return {**row, "kind": "fp16"}
 
 
 def test_over_budget_exits_3_and_writes_nothing(tmp_path, final_model, small_dataset):
@@ -126,7 +126,7 @@ def test_inspect_artifact_and_hostile_files(tmp_path, final_model, small_dataset
     run_quantize(QuantizeConfig(model=final_model, data=small_dataset, out=out, calib_batches=2))
     result = golfctl("inspect", out)
     assert result.returncode == 0, result.stderr
-    for fragment in ("golfctl.quantized v1", "codec ans", "tok_emb.weight", "int8", "int6", "headroom"):
+    for fragment in ("golfctl.quantized v2", "codec auto", "tok_emb.weight", "int8", "int6", "rows+split", "headroom"):
         assert fragment in result.stdout
     raw = bytearray(out.read_bytes())
     raw[len(raw) // 2] ^= 0x10
