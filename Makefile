@@ -19,7 +19,8 @@ QUANT_ARGS ?=
 EVAL_ARGS ?= --ttt
 RUN := $(OUT)/run
 # DATA: a dataset folder to use instead of tokenizing CORPUS (e.g. the official fineweb10B_sp1024);
-# TOKENIZER: its .model when the folder carries none (official folders don't).
+# TOKENIZER: its .model when the folder carries none (official folders don't). Optional for an official
+# folder in the challenge's layout: the stages then find data/tokenizers/fineweb_{V}_bpe.model themselves.
 DATA ?= $(OUT)/data
 TOKENIZER ?=
 TOKENIZER_OPT := $(if $(TOKENIZER),--tokenizer $(TOKENIZER))
@@ -72,18 +73,30 @@ bench: $(OUT)/artifact.bin
 	$(BIN)/python benchmarks/bench_gpu.py --data $(OUT)/data
 	$(BIN)/python benchmarks/bench_codec.py --artifact $(OUT)/artifact.bin
 
-# A stage's options live in a file that changes only when they change, so editing them reruns it.
-# `+` runs this even under `make -n`, so a dry run lists exactly the stages that would rerun.
-$(OUT)/.%.args: FORCE | $(OUT)
-	+@echo '$(STAGE_ARGS)' | cmp -s - $@ || echo '$(STAGE_ARGS)' > $@
+# A stage's options live in $(OUT)/.STAGE.args, a file rewritten only when they change, so editing
+# them reruns that stage and those after it. Whether they changed is decided here, while make reads
+# this file (a missing file reads as empty), so `make -n` lists exactly the stages that would rerun
+# and, like any dry run, writes nothing.
+STAGE_ARGS.tokenize = $(CORPUS) $(VOCAB) $(TOKENIZE_ARGS)
+STAGE_ARGS.train = $(PRESET) $(DATA) $(TRAIN_ARGS)
+STAGE_ARGS.quantize = $(QUANT_ARGS)
+STAGE_ARGS.eval = $(NPROC) $(EVAL_ARGS)
+args_now = $(strip $(STAGE_ARGS.$(1)))
+args_recorded = $(strip $(shell cat '$(OUT)/.$(1).args' 2>/dev/null))
+# $(call args_changed,STAGE): FORCE when the recorded options differ from the current ones (exact
+# comparison of the two strings; commas and spaces in them are fine).
+args_changed = $(if $(subst x$(args_now),,x$(args_recorded))$(subst x$(args_recorded),,x$(args_now)),FORCE)
 
-$(OUT)/.tokenize.args: STAGE_ARGS = $(CORPUS) $(VOCAB) $(TOKENIZE_ARGS)
+$(OUT)/.%.args: | $(OUT)
+	@echo '$(STAGE_ARGS.$*)' > $@
+$(OUT)/.tokenize.args: $(call args_changed,tokenize)
+$(OUT)/.train.args: $(call args_changed,train)
+$(OUT)/.quantize.args: $(call args_changed,quantize)
+$(OUT)/.eval.args: $(call args_changed,eval)
 
 data: $(OUT)/data/manifest.json
 $(OUT)/data/manifest.json: $(OUT)/.tokenize.args | $(INSTALLED)
 	$(GOLFCTL) tokenize --corpus $(CORPUS) --vocab-size $(VOCAB) --out $(OUT)/data --force $(TOKENIZE_ARGS)
-
-$(OUT)/.train.args: STAGE_ARGS = $(PRESET) $(DATA) $(TRAIN_ARGS)
 
 # A run trains in run.partial/ and becomes run/ only when it finishes, so an interrupted run
 # never passes for a finished one. `make train RESUME=1` continues an interrupted run.
@@ -97,13 +110,10 @@ final: $(OUT)/final.safetensors
 $(OUT)/final.safetensors: $(RUN)/ckpt.safetensors | $(INSTALLED)
 	$(GOLFCTL) ema-finalize $(RUN)/ckpt.safetensors --out $@
 
-$(OUT)/.quantize.args: STAGE_ARGS = $(QUANT_ARGS)
-
+# Quantize reads the tokenizer only to score (`QUANT_ARGS=--eval`).
 artifact: $(OUT)/artifact.bin
 $(OUT)/artifact.bin: $(OUT)/final.safetensors $(OUT)/.quantize.args | $(INSTALLED)
-	$(GOLFCTL) quantize $(OUT)/final.safetensors --data $(DATA) --out $@ $(QUANT_ARGS)
-
-$(OUT)/.eval.args: STAGE_ARGS = $(NPROC) $(EVAL_ARGS)
+	$(GOLFCTL) quantize $(OUT)/final.safetensors --data $(DATA)$(if $(and $(filter --eval,$(QUANT_ARGS)),$(TOKENIZER)), --tokenizer $(TOKENIZER)) --out $@ $(QUANT_ARGS)
 
 eval: $(OUT)/eval.json
 $(OUT)/eval.json: $(OUT)/artifact.bin $(OUT)/.eval.args | $(INSTALLED)

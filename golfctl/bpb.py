@@ -1,4 +1,4 @@
-"""Bits-per-byte accounting by the challenge's rule (DESIGN.md, "BPB").
+"""Bits-per-byte accounting by the challenge's rule (docs/design.md, "BPB").
 
 Each target token is worth the UTF-8 bytes of its piece without the leading `▁`, plus one
 byte for that `▁` unless the previous token is a boundary; byte-fallback pieces are worth 1;

@@ -2,7 +2,7 @@
 
 Each stage's options come from its config dataclass (golfctl/cli_options.py), imported only when
 that command runs or shows its help; only train's --preset/--config/--set, which resolve its
-hyper-parameters, are declared here.
+hyper-parameters (and which `golfctl config` takes to list them), are declared here.
 """
 
 from __future__ import annotations
@@ -31,22 +31,91 @@ def tokenize_command(**options) -> None:
     run_tokenize(config_from(TokenizeConfig, options))
 
 
-@cli.command("train", cls=ConfigCommand, config="stages.train:TrainRun")
-@click.option("--preset", default=None, help="Preset name: tiny, baseline, seed-v2, record.")
-@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
-              help="TOML file of flat keys, applied over the preset.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override one config key (repeatable).")
-def train_command(preset, config_file, overrides, **options) -> None:
-    """Train a model from shards; alone or under torchrun --nproc_per_node=N."""
-    from golfctl.config import TrainConfig, resolve_config
-    from stages.train import TrainRun, run_train
+def config_source_options(command):
+    """--preset, --config and --set: where train's hyper-parameters come from (train, config)."""
+    command = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                           help="Override one config key (repeatable).")(command)
+    command = click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
+                           help="TOML file of flat keys, applied over the preset.")(command)
+    return click.option("--preset", default=None, help="Preset name: tiny, baseline, seed-v2, record.")(command)
 
-    if preset is None and config_file is None:
-        raise UserError("pass --preset NAME (tiny, baseline, seed-v2, record) or --config FILE.toml")
-    cfg = resolve_config(TrainConfig, preset, config_file, tuple(overrides))
+
+@cli.command("train", cls=ConfigCommand, config="stages.train:TrainRun")
+@config_source_options
+def train_command(preset, config_file, overrides, **options) -> None:
+    """Train a model from shards; alone or under torchrun --nproc_per_node=N.
+
+    With --resume the run in --out continues with the config stored in its checkpoint: no
+    --preset, --config or --set needed. Given anyway, they may change only the run-control keys
+    (log_every, val_every, val_max_tokens, checkpoint_every, compile_warmup_steps)."""
+    from golfctl.config import TrainConfig, resolve_config
+    from stages.train import CHECKPOINT_NAME, TrainRun, run_train
+
+    if options["resume"]:
+        cfg = resumed_config(Path(options["out"]) / CHECKPOINT_NAME, preset, config_file, tuple(overrides))
+    elif preset is None and config_file is None:
+        raise UserError("pass --preset NAME (tiny, baseline, seed-v2, record) or --config FILE.toml "
+                        "(or --resume to continue the run in --out)")
+    else:
+        cfg = resolve_config(TrainConfig, preset, config_file, tuple(overrides))
     summary = run_train(config_from(TrainRun, options, cfg=cfg))
     if summary["stopped"] == "signal":
         sys.exit(128 + summary["signal"])
+
+
+def resumed_config(ckpt_path: Path, preset: str | None, config_file: Path | None, overrides: tuple[str, ...]):
+    """The config a resumed run continues with: the checkpoint's, with preset < file < --set applied
+    over it. They may change only the run-control keys; any other key they change is refused."""
+    from golfctl.config import RUN_CONTROL_KEYS, TrainConfig, config_from_dict, resolve_config, resolve_sources
+
+    if not ckpt_path.is_file():
+        if preset is None and config_file is None and not overrides:
+            raise UserError(f"--resume: {ckpt_path} does not exist; start the run without --resume")
+        return resolve_config(TrainConfig, preset, config_file, overrides)  # the stage refuses the missing checkpoint
+    stored = _stored_config(ckpt_path)
+    try:
+        before = config_from_dict(TrainConfig, stored)
+    except UserError as exc:
+        raise UserError(f"{ckpt_path} stores a config this golfctl refuses ({exc}); start a new --out") from None
+    cfg, sources = resolve_sources(TrainConfig, preset, config_file, overrides, base=stored, base_source="checkpoint")
+    changed = [k for k in sources if k not in RUN_CONTROL_KEYS and getattr(cfg, k) != getattr(before, k)]
+    if changed:
+        detail = "; ".join(f"{k} stored {getattr(before, k)!r}, requested {getattr(cfg, k)!r} ({sources[k]})"
+                           for k in changed)
+        raise UserError(f"{ckpt_path} was trained with another config ({detail}); resume without those values "
+                        f"(--resume alone continues with the stored config; only {', '.join(sorted(RUN_CONTROL_KEYS))} "
+                        "may change) or start a new --out")
+    return cfg
+
+
+def _stored_config(ckpt_path: Path) -> dict:
+    """The config in a checkpoint's header, without reading its tensors."""
+    import json
+
+    from golfctl.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, load_checkpoint, read_metadata
+    from golfctl.config import stored_config
+
+    meta = read_metadata(ckpt_path)
+    if meta.get("format") == CHECKPOINT_FORMAT and meta.get("version") == str(CHECKPOINT_VERSION):
+        try:
+            return stored_config(json.loads(meta["config"]))
+        except (KeyError, TypeError, ValueError):
+            pass
+    return load_checkpoint(ckpt_path).config  # raises the checkpoint's own error for a wrong or damaged file
+
+
+@cli.command("config")
+@config_source_options
+def config_command(preset, config_file, overrides) -> None:
+    """Print every training config key: its resolved value, where it came from and what it does.
+
+    Takes train's --preset, --config and --set (none: the defaults). The output is itself a
+    config file: `golfctl config --preset tiny > run.toml` then `golfctl train --config run.toml`."""
+    from golfctl.config import TrainConfig, config_table, resolve_sources
+
+    cfg, sources = resolve_sources(TrainConfig, preset, config_file, tuple(overrides))
+    for line in config_table(cfg, sources):
+        click.echo(line)
 
 
 @cli.command("ema-finalize", cls=ConfigCommand, config="stages.ema_finalize:EmaFinalizeConfig")

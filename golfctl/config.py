@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -20,35 +21,44 @@ from golfctl.errors import UserError
 
 MLP_ACTIVATIONS = ("relu2", "leaky_relu2")
 COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")
+# Keys that may change when a run resumes: they alter logging, saving and the compile warm-up,
+# never the weights. Every other key is part of what the run computes.
+RUN_CONTROL_KEYS = frozenset({"log_every", "val_every", "val_max_tokens", "checkpoint_every", "compile_warmup_steps"})
+
+
+def _key(default: Any, text: str) -> Any:
+    """A config key: its default and the help text `golfctl config` prints."""
+    return field(default=default, metadata={"help": text})
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """Everything needed to rebuild the network from its weights."""
 
-    vocab_size: int = 1024  # must equal the tokenizer's vocabulary
-    model_dim: int = 512  # residual stream width
-    num_layers: int = 9  # unique transformer blocks
-    num_heads: int = 8  # query heads; head_dim = model_dim / num_heads
-    num_kv_heads: int = 4  # key/value heads (grouped-query attention)
-    mlp_mult: float = 2.0  # MLP hidden width = mlp_mult × model_dim
-    mlp_activation: str = "relu2"  # relu2: relu(x)²; leaky_relu2: leaky_relu(x, 0.5)²
-    rope_base: float = 10000.0
-    rope_dims: int = 0  # rotate only the first rope_dims dims of each head (partial RoPE); 0 = all
-    qk_gain_init: float = 1.5  # initial learnable per-head gain on the normalized queries
-    logit_softcap: float = 30.0  # logits = c·tanh(z/c)
-    tied_embed_init_std: float = 0.005
-    unet_skips: bool = True  # skip connections from the first half of the layer sequence to the second
-    parallel_start: int = -1  # blocks from this layer index on are parallel (attn and MLP read the same x); -1 = none
-    num_loops: int = 1  # how many times the looped layers run during training
-    loop_start: int = -1  # first looped layer; -1 = loop the whole stack
-    loop_end: int = -1  # last looped layer (inclusive)
-    eval_loops: int = 0  # loop count at evaluation; 0 = num_loops
-    rope_reverse: bool = False  # rotate q/k pairs by −θ instead of +θ (the 2026-04-09 record's convention)
-    xsa_last_n: int = 0  # XSA on the last N blocks: remove from each head's output its own value direction
-    ln_scale: bool = False  # multiply each block's branch inputs norm(x) by 1/sqrt(layer + 1)
-    skip_gates: bool = False  # U-Net skips mix in by a learned sigmoid gate instead of being added
-    ortho_init: bool = False  # orthogonal init of the non-zero-init block matrices with both sides >= 64
+    vocab_size: int = _key(1024, "must equal the tokenizer's vocabulary")
+    model_dim: int = _key(512, "residual stream width")
+    num_layers: int = _key(9, "unique transformer blocks")
+    num_heads: int = _key(8, "query heads; head_dim = model_dim / num_heads")
+    num_kv_heads: int = _key(4, "key/value heads (grouped-query attention)")
+    mlp_mult: float = _key(2.0, "MLP hidden width = mlp_mult × model_dim")
+    mlp_activation: str = _key("relu2", "relu2: relu(x)²; leaky_relu2: leaky_relu(x, 0.5)²")
+    rope_base: float = _key(10000.0, "RoPE base: the rotation of dimension pair i is position × base^(−2i/dims)")
+    rope_dims: int = _key(0, "rotate only the first rope_dims dims of each head (partial RoPE); 0 = all")
+    qk_gain_init: float = _key(1.5, "initial learnable per-head gain on the normalized queries")
+    logit_softcap: float = _key(30.0, "logits = c·tanh(z/c)")
+    tied_embed_init_std: float = _key(0.005, "standard deviation of the tied embedding's normal initialisation")
+    unet_skips: bool = _key(True, "skip connections from the first half of the layer sequence to the second")
+    parallel_start: int = _key(-1, "blocks from this layer index on are parallel (attn and MLP read the same x); "
+                                   "-1 = none")
+    num_loops: int = _key(1, "how many times the looped layers run during training")
+    loop_start: int = _key(-1, "first looped layer; -1 = loop the whole stack")
+    loop_end: int = _key(-1, "last looped layer (inclusive)")
+    eval_loops: int = _key(0, "loop count at evaluation; 0 = num_loops")
+    rope_reverse: bool = _key(False, "rotate q/k pairs by −θ instead of +θ (the 2026-04-09 record's convention)")
+    xsa_last_n: int = _key(0, "XSA on the last N blocks: remove from each head's output its own value direction")
+    ln_scale: bool = _key(False, "multiply each block's branch inputs norm(x) by 1/sqrt(layer + 1)")
+    skip_gates: bool = _key(False, "U-Net skips mix in by a learned sigmoid gate instead of being added")
+    ortho_init: bool = _key(False, "orthogonal init of the non-zero-init block matrices with both sides >= 64")
 
     @property
     def head_dim(self) -> int:
@@ -99,43 +109,44 @@ class ModelConfig:
 class TrainConfig(ModelConfig):
     """Model plus optimisation, schedule, data and logging settings (all flat keys)."""
 
-    iterations: int = 20000  # optimizer steps, unless max_wallclock_seconds stops training first
-    max_wallclock_seconds: float = 0.0  # cap on training time (compile warm-up and validation excluded); 0 = none
-    gptq_reserve_seconds: float = 0.0  # of max_wallclock_seconds, kept for GPTQ calibration and quantization
-    train_batch_tokens: int = 524_288  # global tokens per optimizer step, whatever the number of ranks
-    train_seq_len: int = 1024
-    grad_accum: int = 8  # micro-batches per step over all ranks; each rank runs grad_accum / world_size
-    seed: int = 1337
-    val_every: int = 0  # validate every N steps (and at the end); 0 = only at the end
-    val_max_tokens: int = 0  # periodic validation on the first N validation tokens; 0 = all
-    log_every: int = 50
-    checkpoint_every: int = 0  # also write ckpt.safetensors every N steps; 0 = only at the end and on signals
-    ema_decay: float = 0.997
-    ema_start_frac: float = 0.0  # start the EMA once this fraction of the run (steps or time) has passed
-    warmup_steps: int = 0  # linear learning-rate warm-up
-    warmdown_frac: float = 0.2  # linear decay over the last fraction of the run (steps or time budget)
-    min_lr_frac: float = 0.0  # learning-rate floor, as a fraction of each group's rate
-    enable_looping_at: float = 0.0  # run the loops only once this fraction of the run has passed
-    compile: bool = True  # torch.compile the model and Newton–Schulz (any device; eval follows it by default)
-    compile_backend: str = "inductor"  # inductor; aot_eager compiles in seconds (same graphs and guards)
-    # Steps of the timed loop's own step on random tokens before the clock, at least one per loop
-    # state, when compiled; weights, EMA, optimizer and RNG are restored bit-exactly after them.
-    compile_warmup_steps: int = 20
-    embed_lr: float = 0.05  # Adam, tied embedding
-    scalar_lr: float = 0.04  # Adam, vectors and control tensors
-    matrix_lr: float = 0.04  # Muon, 2-D block matrices
-    beta1: float = 0.9
-    beta2: float = 0.95
-    adam_eps: float = 1e-8
-    embed_weight_decay: float = 0.0  # AdamW decoupled decay of the tied embedding
-    scalar_weight_decay: float = 0.0  # AdamW decoupled decay of vectors and control tensors
-    muon_momentum: float = 0.95
-    muon_momentum_warmup_start: float = 0.85
-    muon_momentum_warmup_steps: int = 500
-    muon_backend_steps: int = 5  # Newton–Schulz iterations
-    muon_row_norm: bool = False  # MuonEq-R: unit-norm rows of the momentum direction before Newton–Schulz
-    muon_weight_decay: float = 0.0  # decoupled
-    grad_clip_norm: float = 0.0  # 0 = no clipping
+    iterations: int = _key(20000, "optimizer steps, unless max_wallclock_seconds stops training first")
+    max_wallclock_seconds: float = _key(0.0, "cap on training time (compile warm-up and validation excluded); "
+                                             "0 = none")
+    gptq_reserve_seconds: float = _key(0.0, "of max_wallclock_seconds, kept for GPTQ calibration and quantization")
+    train_batch_tokens: int = _key(524_288, "global tokens per optimizer step, whatever the number of ranks")
+    train_seq_len: int = _key(1024, "tokens per training sequence, and per validation window")
+    grad_accum: int = _key(8, "micro-batches per step over all ranks; each rank runs grad_accum / world_size")
+    seed: int = _key(1337, "seeds the weight initialisation and the order of the training batches")
+    val_every: int = _key(0, "validate every N steps (and at the end); 0 = only at the end")
+    val_max_tokens: int = _key(0, "periodic validation on the first N validation tokens; 0 = all")
+    log_every: int = _key(50, "print and record the training loss every N steps")
+    checkpoint_every: int = _key(0, "also write ckpt.safetensors every N steps; 0 = only at the end and on signals")
+    ema_decay: float = _key(0.997, "decay of the exponential moving average of the weights, per step")
+    ema_start_frac: float = _key(0.0, "start the EMA once this fraction of the run (steps or time) has passed")
+    warmup_steps: int = _key(0, "linear learning-rate warm-up")
+    warmdown_frac: float = _key(0.2, "linear decay over the last fraction of the run (steps or time budget)")
+    min_lr_frac: float = _key(0.0, "learning-rate floor, as a fraction of each group's rate")
+    enable_looping_at: float = _key(0.0, "run the loops only once this fraction of the run has passed")
+    compile: bool = _key(True, "torch.compile the model and Newton–Schulz (any device; eval follows it by default)")
+    compile_backend: str = _key("inductor", "inductor; aot_eager compiles in seconds (same graphs and guards)")
+    compile_warmup_steps: int = _key(20, "when compiled, steps of the timed loop's own step on random tokens before "
+                                         "the clock, at least one per loop state; weights, EMA, optimizer and RNG "
+                                         "are restored bit-exactly after them")
+    embed_lr: float = _key(0.05, "Adam, tied embedding")
+    scalar_lr: float = _key(0.04, "Adam, vectors and control tensors")
+    matrix_lr: float = _key(0.04, "Muon, 2-D block matrices")
+    beta1: float = _key(0.9, "Adam β1")
+    beta2: float = _key(0.95, "Adam β2")
+    adam_eps: float = _key(1e-8, "Adam ε")
+    embed_weight_decay: float = _key(0.0, "AdamW decoupled decay of the tied embedding")
+    scalar_weight_decay: float = _key(0.0, "AdamW decoupled decay of vectors and control tensors")
+    muon_momentum: float = _key(0.95, "Muon momentum once warmed up")
+    muon_momentum_warmup_start: float = _key(0.85, "Muon momentum at step 0, raised linearly to muon_momentum")
+    muon_momentum_warmup_steps: int = _key(500, "steps of the Muon momentum warm-up; 0 = none")
+    muon_backend_steps: int = _key(5, "Newton–Schulz iterations")
+    muon_row_norm: bool = _key(False, "MuonEq-R: unit-norm rows of the momentum direction before Newton–Schulz")
+    muon_weight_decay: float = _key(0.0, "Muon decoupled weight decay")
+    grad_clip_norm: float = _key(0.0, "clip the global gradient norm to this; 0 = no clipping")
 
     def problems(self) -> list[str]:
         p = super().problems()
@@ -185,12 +196,23 @@ def load_preset(name: str) -> dict[str, Any]:
 def resolve_config(cls: type, preset: str | None = None, config_file: Path | None = None,
                    overrides: tuple[str, ...] = ()) -> Any:
     """Merge preset < config file < `key=value` overrides into a validated `cls` instance."""
+    return resolve_sources(cls, preset, config_file, overrides)[0]
+
+
+def resolve_sources(cls: type, preset: str | None = None, config_file: Path | None = None,
+                    overrides: tuple[str, ...] = (), base: dict[str, Any] | None = None,
+                    base_source: str = "default") -> tuple[Any, dict[str, str]]:
+    """`resolve_config`, over `base` values in place of the defaults (a checkpoint's config on
+    resume), and where each field's value came from: "default", `base_source`, "preset NAME",
+    "file PATH" or "--set"."""
     merged: dict[str, Any] = {}
     sources: dict[str, str] = {}
+    if base:
+        _merge(merged, sources, base, base_source)
     if preset:
         _merge(merged, sources, load_preset(preset), f"preset {preset}")
     if config_file:
-        _merge(merged, sources, _read_toml(Path(config_file)), str(config_file))
+        _merge(merged, sources, _read_toml(Path(config_file)), f"file {config_file}")
     problems: list[str] = []
     for item in overrides:
         key, sep, raw = item.partition("=")
@@ -198,7 +220,8 @@ def resolve_config(cls: type, preset: str | None = None, config_file: Path | Non
             problems.append(f"--set {item!r} is not key=value")
             continue
         _merge(merged, sources, {key.strip(): _parse_value(raw.strip())}, "--set")
-    return config_from_dict(cls, merged, sources, problems)
+    cfg = config_from_dict(cls, merged, sources, problems)
+    return cfg, {f.name: sources.get(f.name, "default") for f in fields(cls)}
 
 
 def config_from_dict(cls: type, values: dict[str, Any], sources: dict[str, str] | None = None,
@@ -219,7 +242,10 @@ def config_from_dict(cls: type, values: dict[str, Any], sources: dict[str, str] 
         else:
             kwargs[key] = coerced
     if not problems:
-        problems += cls(**kwargs).problems()
+        cfg = cls(**kwargs)
+        non_finite = [f"{k} must be a finite number, got {v}" + (f" (from {sources[k]})" if k in sources else "")
+                      for k, v in kwargs.items() if isinstance(v, float) and not math.isfinite(v)]
+        problems += non_finite or cfg.problems()  # range checks say nothing useful about inf or nan
     if problems:
         raise UserError("invalid config: " + "; ".join(problems))
     return cls(**kwargs)
@@ -247,6 +273,37 @@ def config_to_json(cfg: Any) -> str:
 def config_lines(cfg: Any) -> list[str]:
     """The resolved config as `key = value` lines, for the console and logs."""
     return [f"  {f.name} = {getattr(cfg, f.name)!r}" for f in fields(cfg)]
+
+
+def config_table(cfg: TrainConfig, sources: dict[str, str]) -> list[str]:
+    """Every key of `cfg` as `key = value  # source  help`, in three groups: model, training, run
+    control. The lines are a TOML file that `--config` reads back as the same config."""
+    model = {f.name for f in fields(ModelConfig)}
+    groups = {
+        "model: the network's shape, stored with its weights": lambda k: k in model,
+        "training: optimisation, schedule, batches, seed": lambda k: k not in model and k not in RUN_CONTROL_KEYS,
+        "run control: logging, validation, checkpoints, warm-up; the only keys train --resume may change":
+            lambda k: k in RUN_CONTROL_KEYS,
+    }
+    rows = [(f.name, toml_value(getattr(cfg, f.name)), sources.get(f.name, "default"), f.metadata.get("help", ""))
+            for f in fields(cfg)]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    lines: list[str] = []
+    for title, member in groups.items():
+        lines += [""] if lines else []
+        lines.append(f"# {title}")
+        lines += [f"{k:<{widths[0]}} = {v:<{widths[1]}}  # {s:<{widths[2]}}  {h}".rstrip()
+                  for k, v, s, h in rows if member(k)]
+    return lines
+
+
+def toml_value(value: Any) -> str:
+    """`value` as a TOML literal, the form `--set` and config files take."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    return repr(value)  # int, or float: repr round-trips, and inf/nan are TOML's own spellings
 
 
 def _merge(merged: dict, sources: dict, new: dict, source: str) -> None:

@@ -4,12 +4,16 @@ A golfctl dataset folder holds `manifest.json` (format `golfctl.dataset`, versio
 `tokenizer.model` and `fineweb_{train,val}_NNNNNN.bin`. The manifest lists the tokenizer's
 sha256 and vocab size, documents/tokens/bytes per split and every shard with its token
 count and sha256. An official challenge folder (shards only, no manifest) is accepted too;
-its tokenizer then comes from elsewhere.
+its tokenizer then comes from elsewhere: `--tokenizer`, or where the challenge's download script
+(openai/parameter-golf data/cached_challenge_fineweb.py) puts it, found by `find_official_tokenizer`.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +27,10 @@ MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "golfctl.dataset"
 MANIFEST_VERSION = 1
 TOKENIZER_NAME = "tokenizer.model"
+# The challenge's layout: data/manifest.json, data/datasets/fineweb10B_sp{V}/ and
+# data/tokenizers/fineweb_{V}_bpe.model (.vocab beside it).
+CHALLENGE_MANIFEST_NAME = "manifest.json"
+OFFICIAL_FOLDER_VOCAB = re.compile(r"fineweb\w*_sp(\d+)")
 
 
 @dataclass(frozen=True)
@@ -58,8 +66,25 @@ class Dataset:
 
     @property
     def tokenizer_path(self) -> Path | None:
-        path = self.root / TOKENIZER_NAME
-        return path if path.is_file() else None
+        """The folder's own tokenizer.model or, for an official folder, the challenge's (see find_tokenizer)."""
+        return self.find_tokenizer().path
+
+    def find_tokenizer(self, vocab_size: int | None = None) -> TokenizerSearch:
+        """Where this dataset's tokenizer is: its own tokenizer.model, else for an official folder
+        (no manifest) the challenge's, by `find_official_tokenizer`; `vocab_size` (the model's) is
+        used only when the folder's name does not give it. A discovered file is announced on stderr,
+        once per Dataset."""
+        own = self.root / TOKENIZER_NAME
+        if own.is_file():
+            return TokenizerSearch(own, "the dataset's own", (str(own),))
+        if self.manifest is not None:
+            return TokenizerSearch(None, "", (str(own),))
+        search = find_official_tokenizer(self.root, vocab_size)
+        announced = self.__dict__.setdefault("_announced", set())  # frozen: only this cache changes
+        if search.path is not None and search.path not in announced:
+            announced.add(search.path)
+            _say(f"tokenizer: no --tokenizer given, using {search.path} ({search.how})")
+        return search
 
     @property
     def vocab_size(self) -> int | None:
@@ -68,6 +93,101 @@ class Dataset:
     @property
     def tokenizer_sha256(self) -> str | None:
         return self.manifest["tokenizer"]["sha256"] if self.manifest else None
+
+
+@dataclass(frozen=True)
+class TokenizerSearch:
+    path: Path | None  # None: not found
+    how: str  # why this file, for the announcement
+    looked_at: tuple[str, ...]  # every place tried, in order (the error names them)
+
+
+def resolve_tokenizer(dataset: Dataset, explicit: Path | None = None, vocab_size: int | None = None) -> Path:
+    """The tokenizer to score `dataset` with: `explicit` (--tokenizer) always wins; else
+    `Dataset.find_tokenizer`. Raises the user error naming every place it looked."""
+    if explicit is not None:
+        return Path(explicit)
+    search = dataset.find_tokenizer(vocab_size)
+    if search.path is not None:
+        return search.path
+    if dataset.manifest is not None:
+        raise UserError(f"{dataset.root} has no {TOKENIZER_NAME}; pass --tokenizer with the dataset's .model file")
+    raise UserError(f"{dataset.root} has no {TOKENIZER_NAME} and the challenge's was not found (looked at "
+                    f"{'; '.join(search.looked_at)}); pass --tokenizer with the dataset's .model file")
+
+
+def find_official_tokenizer(root: Path, vocab_size: int | None = None) -> TokenizerSearch:
+    """The challenge's tokenizer for the official dataset folder `root` (data/datasets/NAME/).
+
+    1. data/manifest.json, as the challenge's download script writes it: the entry of
+       "datasets" whose "name" is NAME gives a "tokenizer_name"; that entry of "tokenizers"
+       gives "model_path", relative to data/ (or absolute).
+    2. Else data/tokenizers/fineweb_{V}_bpe.model, V from NAME (fineweb10B_sp{V}), else from the
+       manifest's dataset entry ("vocab_size"), else `vocab_size` (the model's).
+    A named file that does not exist is passed over (and listed in `looked_at`).
+    """
+    given = Path(root)
+    folder = Path(os.path.abspath(given))
+    data = folder.parent.parent
+    shown = (lambda p: p) if given.is_absolute() else (lambda p: Path(os.path.relpath(p)))
+    looked_at: list[str] = []
+    manifest_path = data / CHALLENGE_MANIFEST_NAME
+    entry, tokenizer = _challenge_manifest_entries(manifest_path, folder.name)
+    if tokenizer is None:
+        looked_at.append(f"{shown(manifest_path)} (" + ("absent" if not manifest_path.is_file() else
+                         f"names no SentencePiece tokenizer for {folder.name}") + ")")
+    else:
+        named = data / tokenizer
+        if named.is_file():
+            return TokenizerSearch(shown(named), f"named for {folder.name} by {shown(manifest_path)}",
+                                   (*looked_at, str(shown(named))))
+        looked_at.append(f"{shown(named)} (named by {shown(manifest_path)})")
+    match = OFFICIAL_FOLDER_VOCAB.fullmatch(folder.name)
+    vocab = int(match.group(1)) if match else _int_or_none((entry or {}).get("vocab_size")) or vocab_size
+    if vocab is None:
+        looked_at.append(f"{shown(data / 'tokenizers')}/fineweb_V_bpe.model (V unknown: the folder is not named "
+                         "fineweb10B_sp{V})")
+        return TokenizerSearch(None, "", tuple(looked_at))
+    conventional = data / "tokenizers" / f"fineweb_{vocab}_bpe.model"
+    looked_at.append(str(shown(conventional)))
+    if conventional.is_file():
+        return TokenizerSearch(shown(conventional), f"the challenge's layout for vocab {vocab}", tuple(looked_at))
+    return TokenizerSearch(None, "", tuple(looked_at))
+
+
+def _challenge_manifest_entries(path: Path, name: str) -> tuple[dict | None, str | None]:
+    """The challenge manifest's entry for dataset `name` and its tokenizer's model_path (None: none)."""
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None, None
+    if not isinstance(manifest, dict):
+        return None, None
+    entry = next((d for d in _dicts(manifest.get("datasets")) if d.get("name") == name), None)
+    if entry is None:
+        return None, None
+    tokenizer = next((t for t in _dicts(manifest.get("tokenizers")) if t.get("name") == entry.get("tokenizer_name")),
+                     {})
+    # SentencePiece tokenizers carry "model_path" (and "vocab_path"); the byte260 one only a JSON "path".
+    model = tokenizer.get("model_path") or tokenizer.get("path")
+    return entry, model if isinstance(model, str) and model.endswith(".model") else None
+
+
+def _dicts(value) -> list[dict]:
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
+def _int_or_none(value) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _say(line: str) -> None:
+    """A progress line on stderr, from rank 0 only (every torchrun rank opens the dataset)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(line, file=sys.stderr, flush=True)
 
 
 def is_dataset_folder(root: Path) -> bool:

@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 
 from golfctl.artifact import FORMAT as ARTIFACT_FORMAT
-from golfctl.artifact import MAGIC as ARTIFACT_MAGIC
 from golfctl.artifact import QuantizedTensor, read_artifact
 from golfctl.budget import budget_for, chain_settings
 from golfctl.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, read_metadata
 from golfctl.dataset import MANIFEST_NAME, Dataset, checksum_mismatches, open_dataset
 from golfctl.errors import UserError
-from golfctl.shards import HEADER_BYTES, MAGIC, load_shard
+from golfctl.outputs import ARTIFACT, CHECKPOINT, MODEL, SAFETENSORS, SHARD, TOKENIZER, sniff_kind
+from golfctl.shards import load_shard
 from golfctl.tokenizer import check_shard_tokenizer, load_tokenizer
 from golfctl.weights import MODEL_FORMAT, MODEL_VERSION, load_weights
 
@@ -29,21 +29,12 @@ def describe(path: str | Path) -> list[str]:
         return describe_dataset(open_dataset(path.parent))
     if not path.is_file():
         raise UserError(f"{path} does not exist")
-    head = _head(path)
-    if len(head) >= 4 and int.from_bytes(head[:4], "little") == MAGIC:
-        return describe_shard(path)
-    if head.startswith(ARTIFACT_MAGIC):
-        return describe_artifact(path)
-    if path.suffix == ".model":
-        return describe_tokenizer(path)
-    if len(head) > 8 and head[8:9] == b"{":  # safetensors: u64 header length, then a JSON object
-        return describe_weights(path)
+    describers = {SHARD: describe_shard, ARTIFACT: describe_artifact, TOKENIZER: describe_tokenizer,
+                  CHECKPOINT: describe_weights, MODEL: describe_weights, SAFETENSORS: describe_weights}
+    kind = sniff_kind(path)
+    if kind in describers:
+        return describers[kind](path)
     raise UserError(f"{path} is not a file kind golfctl knows (dataset folder, shard, tokenizer model, checkpoint, model file, quantized artifact)")
-
-
-def _head(path: Path) -> bytes:
-    with open(path, "rb") as f:
-        return f.read(HEADER_BYTES)
 
 
 def describe_shard(path: Path) -> list[str]:

@@ -30,6 +30,9 @@ def unigram_bits_per_byte(tokens: np.ndarray, n_bytes: int) -> float:
 
 def report_lines(out: Path, data: Path | None = None) -> list[str]:
     out = Path(out)
+    if not out.is_dir():
+        raise UserError(f"{out} is {'a file' if out.exists() else 'missing'}; pass the output folder of a run "
+                        "(what `make all` fills, e.g. artifacts)")
     quantized = _read_eval(out / "eval.json")
     fp = _read_eval(out / "eval_fp.json")["results"]
     ckpt = load_checkpoint(out / "run" / "ckpt.safetensors")

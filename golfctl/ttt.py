@@ -1,4 +1,4 @@
-"""Score-first test-time training (DESIGN.md, "Score-first TTT").
+"""Score-first test-time training (docs/design.md, "Score-first TTT").
 
 The validation stream is cut into chunks of C target positions; each window of a sliding plan
 belongs to the chunk holding its first scored target. For chunk i: score all its windows with

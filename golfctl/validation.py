@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from golfctl.bpb import ByteTables, TorchByteTables
-from golfctl.dataset import Dataset
+from golfctl.dataset import Dataset, resolve_tokenizer
 from golfctl.distributed import single_process
 from golfctl.errors import UserError
 from golfctl.fileio import sha256_file
@@ -34,9 +34,7 @@ class ValidationSet:
 def load_validation_set(dataset: Dataset, tokenizer: Path | None, vocab_size: int, min_tokens: int,
                         device: torch.device) -> ValidationSet:
     """The validation stream and byte tables, after checking the tokenizer against data and model."""
-    path = tokenizer or dataset.tokenizer_path
-    if path is None:
-        raise UserError(f"{dataset.root} has no tokenizer.model; pass --tokenizer with the dataset's .model file")
+    path = resolve_tokenizer(dataset, tokenizer, vocab_size)
     sp = load_tokenizer(path)
     if dataset.tokenizer_sha256 is not None and sha256_file(path) != dataset.tokenizer_sha256:
         raise UserError(f"tokenizer {path} is not the one {dataset.root} was tokenized with (sha256 differs)")

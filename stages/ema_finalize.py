@@ -15,6 +15,7 @@ import torch
 from golfctl.checkpoint import CHECKPOINT_FORMAT, read_metadata
 from golfctl.dataset import open_dataset
 from golfctl.errors import UserError, refuse_problems
+from golfctl.outputs import MODEL, check_output_file
 from golfctl.provenance import provenance
 from golfctl.validation import load_validation_set, score_weights
 from golfctl.weights import load_weights, save_model_file
@@ -38,6 +39,7 @@ class EmaFinalizeConfig:
 
 def run_ema_finalize(cfg: EmaFinalizeConfig) -> dict:
     refuse_problems(cfg.problems())
+    check_output_file(cfg.out, MODEL, inputs=(cfg.checkpoint, cfg.tokenizer))
     if read_metadata(cfg.checkpoint).get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{cfg.checkpoint} is not a training checkpoint; pass RUNDIR/ckpt.safetensors")
     weights = load_weights(cfg.checkpoint, raw=cfg.raw)

@@ -4,8 +4,8 @@ Methods (window policies in golfctl/scoring.py): plain (non-overlapping windows 
 sliding (windows every `stride` tokens, each target scored exactly once) and, with `ttt`,
 score-first test-time training (golfctl/ttt.py): each chunk is scored with the current weights
 before the model trains on it. The weights come from the file for every run and nothing
-persists. BPB follows DESIGN.md with the dataset's tokenizer, whose byte count of the split is
-checked against the manifest before any scoring.
+persists. BPB follows docs/design.md ("BPB") with the dataset's tokenizer, whose byte count of
+the split is checked against the manifest before any scoring.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from golfctl.distributed import DistContext, on_main, run_distributed
 from golfctl.errors import UserError, refuse_problems
 from golfctl.fileio import atomic_write_bytes, sha256_file
 from golfctl.model import ttt_parameters
+from golfctl.outputs import JSON, check_output_file
 from golfctl.progress import Progress
 from golfctl.scoring import Scorer, Sums, plain_windows, sliding_windows
 from golfctl.ttt import TTTConfig, TTTResult, score_first_ttt, warm_up
@@ -91,6 +92,7 @@ def run_eval(cfg: EvalConfig) -> dict:
     refuse_problems(cfg.problems())
     if cfg.plan:
         raise UserError("--plan is stages.eval_plan.run_plan's (the CLI calls it): run_eval scores")
+    check_output_file(cfg.out, JSON, inputs=(cfg.model, cfg.data, cfg.tokenizer))
     return run_distributed(lambda ctx: _evaluate(cfg, ctx))
 
 

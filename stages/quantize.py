@@ -31,6 +31,7 @@ from golfctl.dataset import open_dataset
 from golfctl.errors import UserError, refuse_problems
 from golfctl.gptq import dequantize, output_error, quantize_gptq, quantize_rtn, sdclip_scales, weight_error
 from golfctl.model import ROLES, Role, parameter_roles
+from golfctl.outputs import ARTIFACT, check_output_file
 from golfctl.validation import load_validation_set, score_weights
 from golfctl.weights import Weights, build_model, load_weights
 
@@ -104,6 +105,7 @@ class Quantized:
 
 def run_quantize(cfg: QuantizeConfig) -> dict:
     refuse_problems(cfg.problems())
+    check_output_file(cfg.out, ARTIFACT, inputs=(cfg.model, cfg.data, cfg.tokenizer))
     weights = load_weights(cfg.model)
     _say(f"quantize: {cfg.model}: {weights.origin}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -25,6 +25,7 @@ from golfctl.config import TrainConfig, load_preset, preset_names, stored_config
 from golfctl.errors import UserError
 from golfctl.export import export_script, reached_modules, requirements
 from golfctl.fileio import atomic_write_bytes
+from golfctl.outputs import check_output_folder
 from golfctl.plan import EVAL_BUDGET_SECONDS
 from golfctl.provenance import git_revision
 from stages.train import CHECKPOINT_NAME, LOG_NAME
@@ -47,9 +48,9 @@ class Run:
 
 
 def run_submit(runs: list[Path], out: Path, name: str, author: str, github_id: str) -> dict:
+    out = check_output_folder(out, inputs=runs)
     loaded = [_load_run(Path(r)) for r in runs]
     _check_same_settings(loaded)
-    out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{out} exists and is not empty; choose a new records folder")
     script = export_script(loaded[0].settings, git_revision())

@@ -26,6 +26,7 @@ from golfctl.corpus import Corpus, open_corpus
 from golfctl.dataset import MANIFEST_FORMAT, MANIFEST_NAME, MANIFEST_VERSION, TOKENIZER_NAME, is_dataset_folder
 from golfctl.errors import UserError, refuse_problems
 from golfctl.fileio import sha256_bytes, staged_directory
+from golfctl.outputs import check_output_folder
 from golfctl.progress import Progress
 from golfctl.shards import BOS_ID, MAX_VOCAB, ShardWriter
 from golfctl.tokenizer import (
@@ -77,7 +78,8 @@ class TokenizeConfig:
 def run_tokenize(cfg: TokenizeConfig) -> dict:
     """Build the dataset folder `cfg.out`; return its manifest."""
     refuse_problems(cfg.problems())
-    out = Path(cfg.out)
+    corpus_path = Path(cfg.corpus) if Path(cfg.corpus).exists() else None  # else the embedded corpus's name
+    out = check_output_folder(cfg.out, inputs=(corpus_path, cfg.tokenizer))
     replace = _check_output_folder(out, cfg.force)
     corpus = open_corpus(cfg.corpus)
     val_docs = corpus.default_val_docs if cfg.val_docs is None else cfg.val_docs

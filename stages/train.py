@@ -25,16 +25,18 @@ from torch import Tensor
 from golfctl.attention import select_attention
 from golfctl.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from golfctl.compile import Compiler
-from golfctl.config import TrainConfig, config_lines
+from golfctl.config import RUN_CONTROL_KEYS, TrainConfig, config_lines
 from golfctl.dataset import dataset_identity, open_dataset
 from golfctl.device import peak_memory_bytes, synchronize
 from golfctl.distributed import (DistContext, all_reduce_float64, all_reduce_gradients, mean_over_ranks, on_main,
                                  run_distributed)
 from golfctl.ema import EMA
 from golfctl.errors import UserError, refuse_problems
+from golfctl.fileio import append_line
 from golfctl.loader import TrainBatches, micro_batch
 from golfctl.model import GPT, parameter_groups, unet_layout
 from golfctl.optim import Optimizers, build_optimizers, lr_multiplier, muon_update
+from golfctl.outputs import check_output_folder
 from golfctl.progress import format_duration
 from golfctl.provenance import provenance
 from golfctl.precision import autocast
@@ -44,8 +46,6 @@ from golfctl.validation import load_validation_set
 CHECKPOINT_NAME = "ckpt.safetensors"
 METRICS_NAME = "metrics.jsonl"
 LOG_NAME = "train.log"  # the console lines, as a records folder ships them
-# Keys that may change on --resume: they alter logging, saving and warm-up, never the weights.
-RUN_CONTROL_KEYS = frozenset({"log_every", "val_every", "val_max_tokens", "checkpoint_every", "compile_warmup_steps"})
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,7 @@ class TrainRun:
 def run_train(run: TrainRun) -> dict:
     """Train (or resume) a run; return a summary of where and why it stopped."""
     refuse_problems(run.problems())
+    check_output_folder(run.out, inputs=(run.data, run.tokenizer))
     return run_distributed(lambda ctx: _Trainer(run, ctx).train())
 
 
@@ -309,14 +310,14 @@ class _Trainer:
             )), f"writing {self.ckpt_path}")
 
     def _metrics(self, record: dict) -> None:
-        on_main(self.ctx, lambda: _append_line(self.out / METRICS_NAME, json.dumps(record)),
+        on_main(self.ctx, lambda: append_line(self.out / METRICS_NAME, json.dumps(record)),
                 f"writing {METRICS_NAME}")
 
     def _say(self, line: str) -> None:
         if self.ctx.is_main:
             print(line, file=sys.stderr, flush=True)
             if self.out.is_dir():
-                _append_line(self.out / LOG_NAME, line)
+                append_line(self.out / LOG_NAME, line)
 
     def _install_signal_handlers(self) -> dict:
         def request_stop(signum, _frame):
@@ -326,11 +327,6 @@ class _Trainer:
         for sig in (signal.SIGTERM, signal.SIGINT):
             previous[sig] = signal.signal(sig, request_stop)
         return previous
-
-
-def _append_line(path: Path, line: str) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(line + "\n")
 
 
 def signal_restore(previous: dict) -> None:

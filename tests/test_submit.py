@@ -125,6 +125,7 @@ def test_submit_refuses_what_is_not_one_configuration(tmp_path, submission):
     with pytest.raises(UserError, match="not empty"):
         run_submit([runs[0]], folder, "n", "a", "a")
     assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before
+    (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="not a finished run"):
-        run_submit([tmp_path], tmp_path / "x", "n", "a", "a")
+        run_submit([tmp_path / "empty"], tmp_path / "x", "n", "a", "a")
     assert not (tmp_path / "x").exists()
