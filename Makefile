@@ -72,6 +72,7 @@ bench: $(OUT)/artifact.bin
 	$(BIN)/python benchmarks/bench_eval.py --model $(OUT)/artifact.bin --data $(OUT)/data
 	$(BIN)/python benchmarks/bench_gpu.py --data $(OUT)/data
 	$(BIN)/python benchmarks/bench_codec.py --artifact $(OUT)/artifact.bin
+	$(BIN)/python benchmarks/bench_verify.py --data $(OUT)/data
 
 # A stage's options live in $(OUT)/.STAGE.args, a file rewritten only when they change, so editing
 # them reruns that stage and those after it. Whether they changed is decided here, while make reads

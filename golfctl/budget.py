@@ -16,7 +16,7 @@ DEFAULT_BUDGET = 16_000_000
 
 # What the chain needs besides the training config: the quantize stage's and the eval stage's
 # settings, as the artifact's `meta` (+ codec) and eval.json's `settings` record them.
-QUANTIZE_KEYS = ("method", "bits", "embed_bits", "clip_sigmas", "embed_clip_sigmas", "codec", "calib_batches",
+QUANTIZE_KEYS = ("method", "bits", "embed_bits", "clip_sigmas", "embed_clip_sigmas", "codec", "damp", "calib_batches",
                  "calib_batch_seqs")
 EVAL_KEYS = ("seq_len", "stride", "batch_seqs", "plain", "sliding", "ttt", "eval_loops", "compile", "compile_backend")
 # The eval settings counted before an eval has run (quantize's budget line): the eval stage's

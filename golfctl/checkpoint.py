@@ -8,7 +8,9 @@ Layout (safetensors: an 8-byte header length, a JSON header, then raw tensor byt
               rng.torch      torch CPU generator state (uint8)
     metadata  format="golfctl.checkpoint", version="1", and JSON strings: config (resolved),
               step, elapsed_seconds (training time so far), loader (its state), dataset
-              (manifest sha256 or shard fingerprint), provenance
+              (manifest sha256 or shard fingerprint), provenance, payload_sha256 (of the tensor
+              bytes, checked on load; absent in files of older golfctl) and, when the trainer
+              gives it, tokenizer_sha256 (of the tokenizer the run was trained with)
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from safetensors import SafetensorError, safe_open
 from golfctl.config import stored_config
 from golfctl.errors import UserError
 from golfctl.fileio import atomic_write_bytes
-from golfctl.safetensors_io import serialize
+from golfctl.safetensors_io import PAYLOAD_SHA256, digest_file, serialize
 
 CHECKPOINT_FORMAT = "golfctl.checkpoint"
 CHECKPOINT_VERSION = 1
@@ -39,6 +41,7 @@ class Checkpoint:
     dataset: str
     provenance: dict
     tensors: dict[str, dict[str, torch.Tensor]]  # section ("model", "ema", "optim", "rng") → name → tensor
+    tokenizer_sha256: str | None = None  # of the tokenizer trained with (None: not recorded, older files)
 
 
 def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
@@ -54,7 +57,9 @@ def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
         "dataset": ckpt.dataset,
         "provenance": json.dumps(ckpt.provenance, sort_keys=True),
     }
-    atomic_write_bytes(path, serialize(flat, metadata))
+    if ckpt.tokenizer_sha256 is not None:
+        metadata["tokenizer_sha256"] = ckpt.tokenizer_sha256
+    atomic_write_bytes(path, serialize(flat, metadata, checksum=True))
 
 
 def read_metadata(path: Path) -> dict[str, str]:
@@ -69,6 +74,18 @@ def read_metadata(path: Path) -> dict[str, str]:
         raise UserError(f"{path} is not a readable safetensors file ({exc})") from None
 
 
+def check_payload(path: Path, meta: dict[str, str], remedy: str, file_sha256: bool = False) -> str | None:
+    """Refuse a file whose tensor bytes do not hash to the `payload_sha256` its metadata records (a file
+    without one, from an older golfctl, passes). With `file_sha256`, return the whole file's sha256,
+    computed in the same read."""
+    recorded = meta.get(PAYLOAD_SHA256)
+    digest = digest_file(path, whole=file_sha256, payload=recorded is not None)
+    if recorded is not None and digest.payload_sha256 != recorded:
+        raise UserError(f"{path} is corrupt: payload checksum mismatch (its tensor bytes changed after it was "
+                        f"written); {remedy}")
+    return digest.file_sha256
+
+
 def load_checkpoint(path: Path) -> Checkpoint:
     path = Path(path)
     meta = read_metadata(path)
@@ -78,6 +95,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
     if meta.get("version") != str(CHECKPOINT_VERSION):
         raise UserError(f"{path} is checkpoint version {meta.get('version')}; this golfctl reads version "
                         f"{CHECKPOINT_VERSION}")
+    check_payload(path, meta, "re-run `golfctl train`, or resume from an intact copy of the checkpoint")
     tensors: dict[str, dict[str, torch.Tensor]] = {s: {} for s in _SECTIONS}
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -94,6 +112,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
             dataset=meta["dataset"],
             provenance=json.loads(meta["provenance"]),
             tensors=tensors,
+            tokenizer_sha256=meta.get("tokenizer_sha256"),
         )
     except (SafetensorError, KeyError, ValueError) as exc:
         raise UserError(f"{path} is a damaged checkpoint ({exc}); resume from an earlier copy or retrain") from None

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import math
 import types
 import typing
 from collections.abc import Iterator, Mapping
@@ -27,6 +28,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+
+from golfctl.errors import refuse_problems
 
 T = TypeVar("T")
 
@@ -78,6 +81,10 @@ def _build(cls: type[T], values: Mapping[str, Any], prefix: str, given: dict[str
             kwargs[f.name] = _build(hints[f.name], values, f"{prefix}{f.metadata['prefix']}_", {})
         elif prefix + f.name in values:
             kwargs[f.name] = values[prefix + f.name]
+    # click reads "nan" and "inf" as floats; no option of golfctl means either
+    refuse_problems([f"--{name.replace('_', '-')} must be a finite number, got {value}"
+                     for name, value in ((prefix + k, v) for k, v in kwargs.items() if k not in given)
+                     if isinstance(value, float) and not math.isfinite(value)])
     return cls(**kwargs)
 
 

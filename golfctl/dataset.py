@@ -6,6 +6,10 @@ sha256 and vocab size, documents/tokens/bytes per split and every shard with its
 count and sha256. An official challenge folder (shards only, no manifest) is accepted too;
 its tokenizer then comes from elsewhere: `--tokenizer`, or where the challenge's download script
 (openai/parameter-golf data/cached_challenge_fineweb.py) puts it, found by `find_official_tokenizer`.
+
+Loading a split's shards (`Split.load_tokens`, `Split.load_shards`) checks each against the
+manifest's sha256 and every id against the vocabulary, in the pass that reads it (golfctl/shards.py);
+`open_dataset(..., verify=False)` skips the checksums. Official folders publish no checksums.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import numpy as np
 
 from golfctl.errors import UserError
 from golfctl.fileio import sha256_bytes, sha256_file
-from golfctl.shards import SPLITS, load_shard, read_shard_header
+from golfctl.shards import SPLITS, TOKEN_DTYPE, load_shard, map_shards, read_shard, read_shard_header
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "golfctl.dataset"
@@ -46,16 +50,35 @@ class Split:
     shards: tuple[Shard, ...]
     docs: int | None
     bytes: int | None  # UTF-8 bytes of the split's targets by the BPB rule (golfctl datasets only)
+    # ids must lie below it: the manifest's tokenizer vocab, an official folder's fineweb10B_sp{V}, else unknown
+    vocab_size: int | None = None
+    verify: bool = True  # check each shard's sha256 (when the manifest records one) as it is loaded
 
     @property
     def tokens(self) -> int:
         return sum(s.tokens for s in self.shards)
 
-    def load_tokens(self) -> np.ndarray:
-        """The whole split as one in-memory uint16 stream (meant for the validation split)."""
-        if not self.shards:
-            return np.zeros(0, dtype=np.uint16)
-        return np.concatenate([load_shard(s.path) for s in self.shards])
+    def load_tokens(self, vocab_size: int | None = None) -> np.ndarray:
+        """The whole split as one in-memory uint16 stream (meant for the validation split), every shard
+        checked as it is read (`_checks`; `vocab_size`, the model's, replaces the split's own)."""
+        out = np.empty(self.tokens, dtype=TOKEN_DTYPE)
+        starts = np.cumsum([0] + [s.tokens for s in self.shards])
+
+        def load(i: int) -> None:
+            shard = self.shards[i]
+            read_shard(shard.path, out[starts[i]:starts[i + 1]], *self._checks(shard, vocab_size))
+
+        map_shards(load, len(self.shards))
+        return out
+
+    def load_shards(self, vocab_size: int | None = None) -> list[np.ndarray]:
+        """Each shard memory-mapped (for random access to the training split), checked as `load_tokens` does."""
+        return map_shards(lambda i: load_shard(self.shards[i].path, *self._checks(self.shards[i], vocab_size)),
+                          len(self.shards))
+
+    def _checks(self, shard: Shard, vocab_size: int | None) -> tuple[str | None, int | None]:
+        """(sha256 to verify, vocabulary bound) for `shard`; None: not checked."""
+        return (shard.sha256 if self.verify else None), (vocab_size if vocab_size is not None else self.vocab_size)
 
 
 @dataclass(frozen=True)
@@ -195,8 +218,9 @@ def is_dataset_folder(root: Path) -> bool:
     return (root / MANIFEST_NAME).is_file() or any(root.glob("fineweb_*_*.bin"))
 
 
-def open_dataset(root: str | Path) -> Dataset:
-    """Open and validate a dataset folder: every shard's header is checked against its size."""
+def open_dataset(root: str | Path, verify: bool = True) -> Dataset:
+    """Open and validate a dataset folder: every shard's header is checked against its size. Its shards'
+    sha256 are checked when they are loaded, unless `verify` is False."""
     root = Path(root)
     if not root.is_dir():
         what = "is a file, not a folder" if root.exists() else "does not exist"
@@ -204,10 +228,11 @@ def open_dataset(root: str | Path) -> Dataset:
     manifest_path = root / MANIFEST_NAME
     if manifest_path.is_file():
         manifest = read_manifest(manifest_path)
-        splits = {name: _split_from_manifest(root, name, manifest) for name in SPLITS}
+        splits = {name: _split_from_manifest(root, name, manifest, verify) for name in SPLITS}
     else:
         manifest = None
-        splits = {name: _split_from_glob(root, name) for name in SPLITS}
+        match = OFFICIAL_FOLDER_VOCAB.fullmatch(Path(os.path.abspath(root)).name)
+        splits = {name: _split_from_glob(root, name, int(match.group(1)) if match else None) for name in SPLITS}
         if not any(split.shards for split in splits.values()):
             raise UserError(
                 f"{root} holds no manifest.json and no fineweb_train_*.bin / fineweb_val_*.bin shards; "
@@ -239,7 +264,7 @@ def read_manifest(path: Path) -> dict:
     return manifest
 
 
-def _split_from_manifest(root: Path, name: str, manifest: dict) -> Split:
+def _split_from_manifest(root: Path, name: str, manifest: dict, verify: bool) -> Split:
     shards = []
     for entry in manifest["splits"][name]["shards"]:
         path = root / entry["file"]
@@ -251,12 +276,13 @@ def _split_from_manifest(root: Path, name: str, manifest: dict) -> Split:
             )
         shards.append(Shard(path, tokens, entry["sha256"]))
     info = manifest["splits"][name]
-    return Split(name, tuple(shards), info.get("docs"), info.get("bytes"))
+    return Split(name, tuple(shards), info.get("docs"), info.get("bytes"), int(manifest["tokenizer"]["vocab_size"]),
+                 verify)
 
 
-def _split_from_glob(root: Path, name: str) -> Split:
+def _split_from_glob(root: Path, name: str, vocab_size: int | None) -> Split:
     paths = sorted(root.glob(f"fineweb_{name}_*.bin"))
-    return Split(name, tuple(Shard(p, read_shard_header(p), None) for p in paths), None, None)
+    return Split(name, tuple(Shard(p, read_shard_header(p), None) for p in paths), None, None, vocab_size)
 
 
 def checksum_mismatches(dataset: Dataset) -> list[str]:

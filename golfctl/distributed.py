@@ -18,6 +18,7 @@ Failing fast. A rank that raises must not leave the others waiting for a timeout
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -135,6 +136,24 @@ def all_reduce_float64(values: list[float], ctx: DistContext) -> list[float]:
         return [float(v) for v in values]
     tensor = torch.tensor(values, dtype=torch.float64, device=ctx.device)
     return all_reduce_sum_(tensor).tolist()
+
+
+def agree(ctx: DistContext, what: str, text: str) -> None:
+    """Every rank must hold the same `text` (a config, its inputs' identities) as rank 0.
+
+    Rank 0's sha256 is broadcast and each rank says whether its own matches, in one more
+    collective, so that on a mismatch every rank stops with the same Error: line naming the ranks
+    that differ (say, a rank started with other flags or another data folder)."""
+    if not ctx.enabled:
+        return
+    digest = torch.tensor(list(hashlib.sha256(text.encode()).digest()), dtype=torch.float64, device=ctx.device)
+    reference = broadcast_(digest.clone(), src=0)
+    differs = [0.0] * ctx.world_size
+    differs[ctx.rank] = float(not torch.equal(reference, digest))
+    ranks = [r for r, flag in enumerate(all_reduce_float64(differs, ctx)) if flag]
+    if ranks:
+        raise UserError(f"rank(s) {', '.join(map(str, ranks))} started with another {what} than rank 0; start every "
+                        "rank with the same command line and files")
 
 
 def mean_over_ranks(value: float, ctx: DistContext) -> float:

@@ -127,6 +127,10 @@ class HessianAccumulator:
         return self._H
 
 
+class NotPositiveDefinite(ValueError):
+    """The dampened Hessian (or its inverse, in float32) has no Cholesky factor: more damping may help."""
+
+
 @torch.no_grad()
 def quantize_gptq(
     W: Tensor,
@@ -173,11 +177,11 @@ def quantize_gptq(
     diag += damp * diag.double().mean().float()
     L, info = torch.linalg.cholesky_ex(H)
     if int(info) != 0:
-        raise ValueError(f"H + {damp}·mean(diag H)·I is not positive definite; raise damp")
+        raise NotPositiveDefinite(f"H + {damp}·mean(diag H)·I is not positive definite; raise damp")
     Hinv = torch.cholesky_inverse(L)  # (cols, cols) = H⁻¹
     U, info = torch.linalg.cholesky_ex(Hinv, upper=True)  # H⁻¹ = UᵀU, U upper triangular
     if int(info) != 0:
-        raise ValueError(f"H⁻¹ lost positive definiteness in float32; raise damp (now {damp})")
+        raise NotPositiveDefinite(f"H⁻¹ lost positive definiteness in float32; raise damp (now {damp})")
 
     Q = torch.zeros(rows, cols, dtype=torch.float32, device=device)
     for b0 in range(0, cols, block_size):

@@ -19,7 +19,6 @@ import torch
 
 from golfctl.dataset import Split
 from golfctl.errors import UserError
-from golfctl.shards import load_shard
 
 
 def micro_batch(tokens: torch.Tensor, seq_len: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,10 +30,12 @@ def micro_batch(tokens: torch.Tensor, seq_len: int, device: torch.device) -> tup
 
 
 class TokenStream:
-    """Random access to a split's concatenated shards without loading them into memory."""
+    """Random access to a split's concatenated shards without loading them into memory. Every shard is
+    checked once, here (sha256 against the manifest, ids below `vocab_size` or the split's own vocab:
+    `Split.load_shards`), so a damaged or foreign shard stops the run before any step."""
 
-    def __init__(self, split: Split):
-        self.shards = [load_shard(s.path) for s in split.shards]
+    def __init__(self, split: Split, vocab_size: int | None = None):
+        self.shards = split.load_shards(vocab_size)
         self.starts = np.cumsum([0] + [s.size for s in self.shards])
         self.size = int(self.starts[-1])
 
@@ -65,11 +66,11 @@ class LoaderState:
 
 class TrainBatches:
     def __init__(self, split: Split, batch_tokens: int, seq_len: int, grad_accum: int, seed: int,
-                 rank: int, world_size: int):
+                 rank: int, world_size: int, vocab_size: int | None = None):
         if grad_accum % world_size:
             raise UserError(f"grad_accum {grad_accum} is not divisible by the {world_size} ranks; "
                             f"use --set grad_accum=N with N a multiple of {world_size}")
-        self.stream = TokenStream(split)
+        self.stream = TokenStream(split, vocab_size)
         self.batch_tokens = batch_tokens
         self.seq_len = seq_len
         self.grad_accum = grad_accum

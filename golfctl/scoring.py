@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from golfctl.bpb import TorchByteTables, bits_per_byte
 from golfctl.distributed import DistContext, all_reduce_float64, all_reduce_sum_, share
 from golfctl.precision import autocast
-from golfctl.progress import Progress
+from golfctl.progress import Progress, global_steps
 
 Tokens = np.ndarray | Tensor  # the whole stream: uint16 numpy array or integer torch tensor, shape (n,)
 PLAIN_BATCH_TOKENS = 131_072  # tokens per forward of a plain score
@@ -160,14 +160,24 @@ class Scorer:
         self.model.eval()
         mine = share(windows, self.ctx)
         local = torch.zeros(2, dtype=torch.float64, device=self.ctx.device)  # [Σ nll, bytes]
+        steps = iter(self._progress_steps(windows)) if progress is not None else None
         with torch.no_grad():  # not inference_mode: TTT trains the same model afterwards
             for batch in _batches(mine, self.batch_seqs):
                 local += self._score_batch(tokens, batch, target_nll)
-                if progress is not None:
-                    progress.update(sum(w.n_scored for w in batch) * self.ctx.world_size)
+                if steps is not None:
+                    progress.update(next(steps))
         nll, n_tokens, n_bytes = all_reduce_float64(
             [local[0].item(), sum(w.n_scored for w in mine), local[1].item()], self.ctx)
+        if steps is not None:
+            progress.update(next(steps))  # every rank is done: the exact total
         return Sums(nll, int(n_tokens), int(n_bytes))
+
+    def _progress_steps(self, windows: Sequence[Window]) -> list[int]:
+        """Targets of all ranks to add to the progress count after each of this rank's batches, then
+        once all are done (golfctl.progress.global_steps)."""
+        shares = (share(windows, replace(self.ctx, rank=r)) for r in range(self.ctx.world_size))
+        per_rank = [[sum(w.n_scored for w in batch) for batch in _batches(s, self.batch_seqs)] for s in shares]
+        return global_steps(per_rank, self.ctx.rank)
 
     def _score_batch(self, tokens: Tokens, batch: list[Window], target_nll: Tensor | None) -> Tensor:
         device, length, width = self.ctx.device, batch[0].length, self.seq_len

@@ -7,13 +7,20 @@ Byte layout of one shard (all little-endian):
 
 Every document starts with BOS (id 1). Shards of a split are named
 `fineweb_{split}_{index:06d}.bin`; their concatenation in index order is the split's stream.
+
+Loading checks what the caller knows about a shard in the same pass that reads it: the sha256
+its manifest records (header and tokens, hashed block by block as they are read) and the
+vocabulary its ids must lie in (one max() per block). A mismatch is a UserError naming the file.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import numpy as np
 
@@ -30,6 +37,9 @@ MAX_SHARD_TOKENS = (1 << 31) - 1  # the header stores the count as int32
 BOS_ID = 1
 SPLITS = ("train", "val")
 _REMAKE = "re-create it with `golfctl tokenize` or download it again"
+BLOCK_TOKENS = 1 << 22  # tokens hashed and range-checked per step (8 MiB): each block is checked while in cache
+_MAX_THREADS = 8  # shards checked at once (hashlib, numpy and file reads release the GIL)
+T = TypeVar("T")
 
 
 def shard_name(split: str, index: int) -> str:
@@ -44,7 +54,11 @@ def _header(n_tokens: int) -> bytes:
 
 def read_shard_header(path: str | os.PathLike) -> int:
     """Validate a shard's header against its file size; return its token count."""
-    path = Path(path)
+    return _read_header(Path(path))[0]
+
+
+def _read_header(path: Path) -> tuple[int, bytes]:
+    """(token count, the header's 1,024 bytes) of a shard whose header matches its file size."""
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
@@ -72,15 +86,99 @@ def read_shard_header(path: str | os.PathLike) -> int:
             f"shard {path} is {state}: header says {n_tokens} tokens ({expected} bytes) "
             f"but the file has {size} bytes; {_REMAKE}"
         )
-    return n_tokens
+    return n_tokens, raw
 
 
-def load_shard(path: str | os.PathLike) -> np.ndarray:
-    """Memory-map a validated shard's tokens (read-only uint16 array)."""
-    n_tokens = read_shard_header(path)
+def load_shard(path: str | os.PathLike, sha256: str | None = None, vocab_size: int | None = None) -> np.ndarray:
+    """Memory-map a validated shard's tokens (read-only uint16 array).
+
+    With `sha256` (the manifest's) and/or `vocab_size`, the mapping is read through once, block by
+    block, before it is returned: its file must hash to `sha256` and every id must be below
+    `vocab_size` (`ShardCheck`). The pages read stay in the page cache for the caller."""
+    path = Path(path)
+    n_tokens, header = _read_header(path)
     if n_tokens == 0:
-        return np.zeros(0, dtype=TOKEN_DTYPE)
-    return np.memmap(path, dtype=TOKEN_DTYPE, mode="r", offset=HEADER_BYTES, shape=(n_tokens,))
+        tokens = np.zeros(0, dtype=TOKEN_DTYPE)
+    else:
+        tokens = np.memmap(path, dtype=TOKEN_DTYPE, mode="r", offset=HEADER_BYTES, shape=(n_tokens,))
+    if sha256 is not None or vocab_size is not None:
+        check = ShardCheck(path, header, sha256, vocab_size)
+        for start in range(0, n_tokens, BLOCK_TOKENS):
+            check.block(start, tokens[start:start + BLOCK_TOKENS])
+        check.finish()
+    return tokens
+
+
+def read_shard(path: str | os.PathLike, out: np.ndarray | None = None, sha256: str | None = None,
+               vocab_size: int | None = None) -> np.ndarray:
+    """A validated shard's tokens read into memory: into `out` (a writable uint16 array of exactly its
+    token count) when given. With `sha256` and/or `vocab_size`, each block is hashed and range-checked
+    right after it is read (`ShardCheck`): one pass over the file."""
+    path = Path(path)
+    n_tokens, _ = _read_header(path)
+    if out is None:
+        out = np.empty(n_tokens, dtype=TOKEN_DTYPE)
+    if out.shape != (n_tokens,) or out.dtype != TOKEN_DTYPE:
+        raise UserError(f"shard {path} holds {n_tokens:,} tokens, not the {out.size:,} it held when its dataset was "
+                        "opened: it changed meanwhile; rerun once the dataset is complete")
+    checking = sha256 is not None or vocab_size is not None
+    with open(path, "rb") as f:
+        header = f.read(HEADER_BYTES)
+        check = ShardCheck(path, header, sha256, vocab_size) if checking else None
+        raw = out.view(np.uint8)
+        for start in range(0, n_tokens, BLOCK_TOKENS):
+            end = min(start + BLOCK_TOKENS, n_tokens)
+            view = memoryview(raw[2 * start:2 * end])
+            got = 0
+            while got < len(view):
+                n = f.readinto(view[got:])
+                if not n:
+                    raise UserError(f"shard {path} became shorter while it was read; {_REMAKE}")
+                got += n
+            if check is not None:
+                check.block(start, out[start:end])
+    if check is not None:
+        check.finish()
+    return out
+
+
+class ShardCheck:
+    """What a shard must satisfy, fed block by block in order: the sha256 of the whole file (header
+    included, as the manifest records it) and ids below `vocab_size`. `finish` raises the UserError."""
+
+    def __init__(self, path: Path, header: bytes, sha256: str | None, vocab_size: int | None):
+        self.path, self.sha256, self.vocab_size = path, sha256, vocab_size
+        self.digest = hashlib.sha256(header) if sha256 is not None else None
+        self.bad: tuple[int, int] | None = None  # (position, id) of the first id outside the vocabulary
+
+    def block(self, start: int, tokens: np.ndarray) -> None:
+        if self.digest is not None:
+            self.digest.update(tokens)
+        if self.vocab_size is not None and self.bad is None and tokens.size and int(tokens.max()) >= self.vocab_size:
+            at = int(np.argmax(tokens >= self.vocab_size))
+            self.bad = (start + at, int(tokens[at]))
+
+    def finish(self) -> None:
+        if self.digest is not None and self.digest.hexdigest() != self.sha256:
+            raise UserError(f"shard {self.path} is corrupt: its sha256 differs from the one the dataset's "
+                            f"manifest.json records; re-create the dataset with `golfctl tokenize` "
+                            f"(`golfctl inspect {self.path.parent}` lists every damaged file)")
+        if self.bad is not None:
+            position, token = self.bad
+            raise UserError(f"shard {self.path} holds token id {token} at position {position:,}, outside the "
+                            f"vocabulary of {self.vocab_size} ids; it was made with another tokenizer: re-create "
+                            "the dataset with `golfctl tokenize` using the model's tokenizer, or point --data at "
+                            "the dataset the model was trained on")
+
+
+def map_shards(load: Callable[[int], T], count: int) -> list[T]:
+    """[load(0), …, load(count - 1)], shards checked on up to 8 threads; the first shard's error in
+    index order is the one raised."""
+    workers = min(count, _MAX_THREADS, os.cpu_count() or 1)
+    if workers <= 1:
+        return [load(i) for i in range(count)]
+    with ThreadPoolExecutor(workers, thread_name_prefix="shards") as pool:
+        return list(pool.map(load, range(count)))
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,9 @@
 Layout: a safetensors file whose tensors are the model's state dict (`tok_emb.weight`,
 `blocks.0.attn.c_q.weight`, …) and whose metadata holds format="golfctl.model",
 version="1", config (resolved, JSON), weights ("ema" or "raw"), source (the identity of the
-checkpoint weights it came from, `weights_sha256`) and provenance (JSON).
+checkpoint weights it came from, `weights_sha256`), provenance (JSON), payload_sha256 (of the
+tensor bytes: a mismatch on load is refused; files of older golfctl have none) and, when the
+checkpoint recorded it, tokenizer_sha256 (of the tokenizer the weights were trained with).
 
 `load_weights` also accepts a training checkpoint (its EMA weights, or raw ones on request),
 so every later stage takes either.
@@ -21,7 +23,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from golfctl.artifact import MAGIC, dequantized_state, read_artifact
-from golfctl.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, read_metadata
+from golfctl.checkpoint import CHECKPOINT_FORMAT, check_payload, load_checkpoint, read_metadata
 from golfctl.config import TrainConfig, config_from_dict, stored_config
 from golfctl.errors import UserError
 from golfctl.fileio import atomic_write_bytes, sha256_file
@@ -41,6 +43,9 @@ class Weights:
     # of the file they were read from, or for a checkpoint `weights_sha256` (provenance of whatever
     # is made from them)
     sha256: str
+    # of the tokenizer they were trained with, as the checkpoint or model file records it; None when it
+    # records none (older files, quantized artifacts): validation.check_model_tokenizer then checks nothing
+    tokenizer_sha256: str | None = None
 
 
 def save_model_file(path: Path, weights: Weights, provenance: dict) -> None:
@@ -52,8 +57,10 @@ def save_model_file(path: Path, weights: Weights, provenance: dict) -> None:
         "source": weights.sha256,
         "provenance": json.dumps(provenance, sort_keys=True),
     }
+    if weights.tokenizer_sha256 is not None:
+        metadata["tokenizer_sha256"] = weights.tokenizer_sha256
     tensors = {k: v.detach().float().cpu().contiguous() for k, v in weights.state.items()}
-    atomic_write_bytes(path, serialize(tensors, metadata))
+    atomic_write_bytes(path, serialize(tensors, metadata, checksum=True))
 
 
 def load_weights(path: Path, raw: bool = False) -> Weights:
@@ -71,18 +78,21 @@ def load_weights(path: Path, raw: bool = False) -> Weights:
         section = "model" if raw else "ema"
         config = _config(ckpt.config, path)
         return Weights(config, ckpt.tensors[section], "raw" if raw else "ema",
-                       f"checkpoint {'raw' if raw else 'EMA'} weights", weights_sha256(config, ckpt.tensors[section]))
+                       f"checkpoint {'raw' if raw else 'EMA'} weights", weights_sha256(config, ckpt.tensors[section]),
+                       ckpt.tokenizer_sha256)
     if kind != MODEL_FORMAT:
         raise UserError(f"{path} is neither a golfctl model file nor a checkpoint (format {kind!r})")
     if meta.get("version") != str(MODEL_VERSION):
         raise UserError(f"{path} is model format version {meta.get('version')}; this golfctl reads {MODEL_VERSION}")
+    file_sha256 = check_payload(path, meta, "re-run `golfctl ema-finalize` on the run's checkpoint to write it again",
+                                file_sha256=True)
     try:
         config = _config(json.loads(meta["config"]), path)
         with safe_open(str(path), framework="pt") as f:
             state = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, KeyError, ValueError) as exc:
         raise UserError(f"{path} is a damaged model file ({exc})") from None
-    return Weights(config, state, meta.get("weights", "?"), "model file", sha256_file(path))
+    return Weights(config, state, meta.get("weights", "?"), "model file", file_sha256, meta.get("tokenizer_sha256"))
 
 
 def weights_sha256(config: TrainConfig, state: dict[str, torch.Tensor]) -> str:
@@ -119,3 +129,12 @@ def build_model(weights: Weights, device: torch.device) -> GPT:
     except RuntimeError as exc:
         raise UserError(f"the {weights.origin} do not fit the model their config describes ({exc})") from None
     return model.to(device).eval()
+
+
+def refuse_non_finite(weights: Weights) -> None:
+    """Quantizing or scoring NaN or inf weights only hides the damage: refuse them by name."""
+    bad = [name for name, t in weights.state.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise UserError(f"{weights.origin} has non-finite values (NaN or inf) in {shown}; the run that wrote them "
+                        "diverged: retrain with lower learning rates")

@@ -48,7 +48,8 @@ def run_ema_finalize(cfg: EmaFinalizeConfig) -> dict:
     _say(f"ema-finalize: wrote {cfg.out} ({weights.origin}, {sum(t.numel() for t in weights.state.values()):,} values)")
     summary: dict = {"out": str(cfg.out), "weights": weights.kind}
     if cfg.compare:
-        val = load_validation_set(open_dataset(cfg.data), cfg.tokenizer, weights.config.vocab_size, 1, device)
+        val = load_validation_set(open_dataset(cfg.data), cfg.tokenizer, weights.config.vocab_size, 1, device,
+                                  model_tokenizer_sha256=weights.tokenizer_sha256)
         for kind in ("raw", "ema"):
             result = score_weights(load_weights(cfg.checkpoint, raw=kind == "raw"), val, device)
             summary[kind] = {"val_loss": result.loss, "val_bpb": result.bpb}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -24,16 +25,16 @@ from golfctl.attention import select_attention
 from golfctl.compile import Compiler
 from golfctl.config import COMPILE_BACKENDS
 from golfctl.dataset import dataset_identity, open_dataset
-from golfctl.distributed import DistContext, on_main, run_distributed
+from golfctl.distributed import DistContext, agree, on_main, run_distributed
 from golfctl.errors import UserError, refuse_problems
 from golfctl.fileio import atomic_write_bytes, sha256_file
 from golfctl.model import ttt_parameters
 from golfctl.outputs import JSON, check_output_file
-from golfctl.progress import Progress
+from golfctl.progress import Progress, tee_stderr, utc_now
 from golfctl.scoring import Scorer, Sums, plain_windows, sliding_windows
 from golfctl.ttt import TTTConfig, TTTResult, score_first_ttt, warm_up
 from golfctl.validation import load_validation_set
-from golfctl.weights import build_model, load_weights
+from golfctl.weights import build_model, load_weights, refuse_non_finite
 
 EVAL_FORMAT = "golfctl.eval"
 EVAL_VERSION = 1
@@ -93,7 +94,7 @@ def run_eval(cfg: EvalConfig) -> dict:
     if cfg.plan:
         raise UserError("--plan is stages.eval_plan.run_plan's (the CLI calls it): run_eval scores")
     check_output_file(cfg.out, JSON, inputs=(cfg.model, cfg.data, cfg.tokenizer))
-    return run_distributed(lambda ctx: _evaluate(cfg, ctx))
+    return run_distributed(lambda ctx: _logged(cfg, ctx))
 
 
 def _evaluate(cfg: EvalConfig, ctx: DistContext) -> dict:
@@ -101,8 +102,15 @@ def _evaluate(cfg: EvalConfig, ctx: DistContext) -> dict:
     config = weights.config
     seq_len, loops = eval_geometry(cfg, config)
     dataset = open_dataset(cfg.data)
-    val = load_validation_set(dataset, cfg.tokenizer, config.vocab_size, 1, ctx.device)
+    refuse_non_finite(weights)
+    val = load_validation_set(dataset, cfg.tokenizer, config.vocab_size, 1, ctx.device,
+                              model_tokenizer_sha256=weights.tokenizer_sha256)
+    agree(ctx, "model, dataset or eval options", json.dumps(
+        [weights.sha256, dataset_identity(dataset), _settings(cfg)], sort_keys=True))
     tokens = val.tokens[: cfg.max_val_tokens + 1] if cfg.max_val_tokens else val.tokens
+    if seq_len > tokens.size - 1:
+        raise UserError(f"--seq-len {seq_len:,} is longer than the {tokens.size - 1:,} validation targets scored; "
+                        "pass a shorter --seq-len")
     model = build_model(weights, ctx.device)
     _check_loops(model, loops)
     ttt_params = _ttt_parameters(model, cfg) if cfg.ttt else []
@@ -209,6 +217,9 @@ def _timed(ctx: DistContext, name: str, tokens, run: Callable[[Progress | None],
              "seconds": seconds}
     if isinstance(sums, TTTResult):
         entry["chunks"] = sums.chunks
+    if not math.isfinite(sums.loss):  # ranks agree: the sums are all-reduced
+        hint = "lower --ttt-lr or --ttt-grad-clip" if name == "ttt" else "check the weights with golfctl inspect"
+        raise UserError(f"eval {name}: the loss is not finite ({sums.loss}); nothing was written; {hint}")
     _say(ctx, f"  {name:<8} val_loss {sums.loss:.4f}  val_bpb {sums.bpb:.4f}  {sums.tokens:,} tokens  "
               f"{seconds:.1f}s ({sums.tokens / max(seconds, 1e-9):,.0f} tokens/s)")
     return entry
@@ -224,3 +235,17 @@ def _check_bytes(expected: int | None, results: dict) -> None:
 def _say(ctx: DistContext, line: str) -> None:
     if ctx.is_main:
         print(line, file=sys.stderr, flush=True)
+
+
+def eval_log_path(out: Path) -> Path:
+    """Where eval appends everything it prints: beside the result, eval.json → eval.log."""
+    out = Path(out)
+    return out.with_name(out.name + ".log") if out.suffix == ".log" else out.with_suffix(".log")
+
+
+def _logged(cfg: EvalConfig, ctx: DistContext) -> dict:
+    """`_evaluate`, with rank 0's stderr (its lines, progress, an `Error:`) also appended to the log."""
+    if not ctx.is_main:
+        return _evaluate(cfg, ctx)
+    with tee_stderr(eval_log_path(cfg.out), f"==== golfctl eval {utc_now()}: {cfg.model} on {cfg.data} → {cfg.out}"):
+        return _evaluate(cfg, ctx)

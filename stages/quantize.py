@@ -29,14 +29,16 @@ from golfctl.calibration import calibration_batches, collect_hessians
 from golfctl.codec import entropy_bound_bytes
 from golfctl.dataset import open_dataset
 from golfctl.errors import UserError, refuse_problems
-from golfctl.gptq import dequantize, output_error, quantize_gptq, quantize_rtn, sdclip_scales, weight_error
+from golfctl.gptq import (NotPositiveDefinite, dequantize, output_error, quantize_gptq, quantize_rtn, sdclip_scales,
+                          weight_error)
 from golfctl.model import ROLES, Role, parameter_roles
 from golfctl.outputs import ARTIFACT, check_output_file
-from golfctl.validation import load_validation_set, score_weights
-from golfctl.weights import Weights, build_model, load_weights
+from golfctl.validation import check_model_tokenizer, load_validation_set, score_weights
+from golfctl.weights import Weights, build_model, load_weights, refuse_non_finite
 
 METHODS = ("gptq", "rtn")
 FIT_RANGE = (2.0, 64.0)  # matrix clip_sigmas searched by --fit
+DAMP_RAISES = 3  # GPTQ retries a matrix at 10×, 100×, 1000× --damp before giving up
 FIT_PROBES = 8  # bisection steps: the choice is within (range / 2**8) of the smallest fitting value
 PASSTHROUGH = "fp16"  # the report group of the tensors stored as float16
 REPORT_GROUPS = (*(role.name for role in ROLES.values() if role.quantized), PASSTHROUGH)  # report row order
@@ -60,6 +62,9 @@ class QuantizeConfig:
         "help": "Bisect --clip-sigmas for the finest grid that fits the budget."})
     codec: str = dataclasses.field(default=AUTO, metadata={
         "choices": CODEC_CHOICES, "help": "Integer codec: auto picks the smallest per tensor."})
+    damp: float = dataclasses.field(default=0.01, metadata={
+        "help": f"GPTQ dampening: damp·mean(diag H) is added to H's diagonal; raised ×10 up to {DAMP_RAISES} times "
+                "for a matrix whose H is not positive definite."})
     calib_batches: int = dataclasses.field(default=16, metadata={"help": "Calibration batches of training tokens."})
     calib_batch_seqs: int = dataclasses.field(default=8, metadata={"help": "Sequences per calibration batch."})
     evaluate: bool = dataclasses.field(default=False, metadata={
@@ -76,7 +81,7 @@ class QuantizeConfig:
         p += [f"--{k.replace('_', '-')} must be in 2..8, got {getattr(self, k)}"
               for k in ("bits", "embed_bits") if not 2 <= getattr(self, k) <= 8]
         p += [f"--{k.replace('_', '-')} must be positive, got {getattr(self, k)}"
-              for k in ("clip_sigmas", "embed_clip_sigmas", "budget", "calib_batches", "calib_batch_seqs")
+              for k in ("clip_sigmas", "embed_clip_sigmas", "damp", "budget", "calib_batches", "calib_batch_seqs")
               if getattr(self, k) <= 0]
         return p
 
@@ -107,6 +112,7 @@ def run_quantize(cfg: QuantizeConfig) -> dict:
     refuse_problems(cfg.problems())
     check_output_file(cfg.out, ARTIFACT, inputs=(cfg.model, cfg.data, cfg.tokenizer))
     weights = load_weights(cfg.model)
+    refuse_non_finite(weights)
     _say(f"quantize: {cfg.model}: {weights.origin}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = build_model(weights, device)
@@ -114,6 +120,7 @@ def run_quantize(cfg: QuantizeConfig) -> dict:
     if dataset.vocab_size is not None and dataset.vocab_size != weights.config.vocab_size:
         raise UserError(f"{cfg.data} has vocab {dataset.vocab_size} but the model {weights.config.vocab_size}; "
                         "calibrate on the dataset the model was trained on")
+    check_model_tokenizer(dataset, weights.tokenizer_sha256, cfg.tokenizer)
     start = time.perf_counter()
     batches = calibration_batches(dataset.splits["train"], cfg.calib_batches, cfg.calib_batch_seqs,
                                   weights.config.train_seq_len)
@@ -159,7 +166,7 @@ def _quantize(weights: Weights, hessians: dict[str, torch.Tensor], roles: dict[s
         bits = cfg.embed_bits if embed else cfg.bits
         H = hessians[name].to(W.device)
         scales = sdclip_scales(W, bits, cfg.embed_clip_sigmas if embed else clip_sigmas)
-        q = quantize_gptq(W, H, scales, bits) if cfg.method == "gptq" else quantize_rtn(W, scales, bits)
+        q = _gptq(name, W, H, scales, bits, cfg.damp) if cfg.method == "gptq" else quantize_rtn(W, scales, bits)
         W_hat = dequantize(q, scales)
         q_np = q.cpu().numpy()
         tensors.append(QuantizedTensor(name, tuple(W.shape), bits, q_np, scales.half().cpu().numpy()))
@@ -167,7 +174,7 @@ def _quantize(weights: Weights, hessians: dict[str, torch.Tensor], roles: dict[s
                                     weight_error(W, W_hat), output_error(W, W_hat, H)))
     source = {"model_sha256": weights.sha256, "weights": weights.kind}
     meta = {"method": cfg.method, "bits": cfg.bits, "embed_bits": cfg.embed_bits, "clip_sigmas": clip_sigmas,
-            "embed_clip_sigmas": cfg.embed_clip_sigmas, "calib_batches": cfg.calib_batches,
+            "embed_clip_sigmas": cfg.embed_clip_sigmas, "damp": cfg.damp, "calib_batches": cfg.calib_batches,
             "calib_batch_seqs": cfg.calib_batch_seqs}
     config = dataclasses.asdict(weights.config)
     data = encode_artifact(tensors, cfg.codec, config, source, meta)
@@ -175,6 +182,24 @@ def _quantize(weights: Weights, hessians: dict[str, torch.Tensor], roles: dict[s
     # code bytes: the exported script with these settings and the default eval settings (not known yet)
     budget = budget_for(len(data), chain_settings(config, {**meta, "codec": cfg.codec}), cfg.budget)
     return Quantized(clip_sigmas, data, reports, coded, scales, codecs, budget)
+
+
+def _gptq(name: str, W: torch.Tensor, H: torch.Tensor, scales: torch.Tensor, bits: int, damp: float) -> torch.Tensor:
+    """GPTQ at `damp`, raised ×10 (at most DAMP_RAISES times, each said) while H is not positive definite."""
+    if not torch.isfinite(H).all():
+        raise UserError(f"{name}: its calibration Hessian is not finite (the model's activations overflow); "
+                        "check the model with golfctl eval, or quantize with --method rtn")
+    for _ in range(DAMP_RAISES):
+        try:
+            return quantize_gptq(W, H, scales, bits, damp=damp)
+        except NotPositiveDefinite as exc:
+            _say(f"quantize: {name}: {exc}; retrying with damp {damp * 10:g}")
+            damp *= 10
+    try:
+        return quantize_gptq(W, H, scales, bits, damp=damp)
+    except NotPositiveDefinite as exc:
+        raise UserError(f"{name}: {exc}, even at damp {damp:g} after {DAMP_RAISES} raises; pass a larger --damp "
+                        "or --method rtn") from None
 
 
 def _payload_bytes(data: bytes, roles: dict[str, Role]) -> tuple[dict[str, int], dict[str, int], dict[str, str]]:
@@ -255,7 +280,8 @@ def _report(result: Quantized, budget: Budget) -> None:
 def _evaluate(weights: Weights, cfg: QuantizeConfig) -> dict:
     """Plain validation BPB of the unquantized weights and of the artifact just written."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    val = load_validation_set(open_dataset(cfg.data), cfg.tokenizer, weights.config.vocab_size, 1, device)
+    val = load_validation_set(open_dataset(cfg.data), cfg.tokenizer, weights.config.vocab_size, 1, device,
+                              model_tokenizer_sha256=weights.tokenizer_sha256)
     before = score_weights(weights, val, device)
     after = score_weights(load_weights(cfg.out), val, device)
     _say(f"quantize --eval: val_bpb unquantized {before.bpb:.4f}, quantized {after.bpb:.4f}, "

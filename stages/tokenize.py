@@ -66,8 +66,9 @@ class TokenizeConfig:
         p = []
         if not 1 <= self.vocab_size <= MAX_VOCAB:
             p.append(f"--vocab-size {self.vocab_size} is out of range: shards store uint16 ids, so 1..{MAX_VOCAB}")
-        if self.val_docs is not None and self.val_docs < 0:
-            p.append(f"--val-docs must be >= 0, got {self.val_docs}")
+        if self.val_docs is not None and self.val_docs < 1:
+            p.append(f"--val-docs must be >= 1 (every stage after tokenize scores the validation split), "
+                     f"got {self.val_docs}")
         if self.threads < 0:
             p.append(f"--threads must be >= 0, got {self.threads}")
         p += [f"--{k.replace('_', '-')} must be positive, got {getattr(self, k)}"
@@ -83,6 +84,9 @@ def run_tokenize(cfg: TokenizeConfig) -> dict:
     replace = _check_output_folder(out, cfg.force)
     corpus = open_corpus(cfg.corpus)
     val_docs = corpus.default_val_docs if cfg.val_docs is None else cfg.val_docs
+    if val_docs < 1:
+        raise UserError(f"corpus {corpus.name} is one document, and a dataset needs validation documents as well as "
+                        "training ones; pass a folder of .txt files or a .jsonl (one document per file or line)")
     _say(f"tokenize: corpus {corpus.kind} ({corpus.name}), first {val_docs:,} documents for validation")
     with staged_directory(out, replace=replace) as stage:
         model, trained_on = _tokenizer_model(cfg, corpus, val_docs)

@@ -28,8 +28,8 @@ from golfctl.compile import Compiler
 from golfctl.config import RUN_CONTROL_KEYS, TrainConfig, config_lines
 from golfctl.dataset import dataset_identity, open_dataset
 from golfctl.device import peak_memory_bytes, synchronize
-from golfctl.distributed import (DistContext, all_reduce_float64, all_reduce_gradients, mean_over_ranks, on_main,
-                                 run_distributed)
+from golfctl.distributed import (DistContext, agree, all_reduce_float64, all_reduce_gradients, mean_over_ranks,
+                                 on_main, run_distributed)
 from golfctl.ema import EMA
 from golfctl.errors import UserError, refuse_problems
 from golfctl.fileio import append_line
@@ -37,7 +37,7 @@ from golfctl.loader import TrainBatches, micro_batch
 from golfctl.model import GPT, parameter_groups, unet_layout
 from golfctl.optim import Optimizers, build_optimizers, lr_multiplier, muon_update
 from golfctl.outputs import check_output_folder
-from golfctl.progress import format_duration
+from golfctl.progress import format_duration, utc_now
 from golfctl.provenance import provenance
 from golfctl.precision import autocast
 from golfctl.scoring import Sums, score_plain
@@ -78,9 +78,12 @@ class _Trainer:
         self.val = load_validation_set(self.dataset, run.tokenizer, self.cfg.vocab_size, self.cfg.train_seq_len,
                                        ctx.device)
         self.batches = TrainBatches(self.dataset.splits["train"], self.cfg.train_batch_tokens, self.cfg.train_seq_len,
-                                    self.cfg.grad_accum, self.cfg.seed, ctx.rank, ctx.world_size)
+                                    self.cfg.grad_accum, self.cfg.seed, ctx.rank, ctx.world_size,
+                                    vocab_size=self.cfg.vocab_size)
         self.out = Path(run.out)
         self.ckpt_path = self.out / CHECKPOINT_NAME
+        agree(ctx, "config, dataset or run folder", json.dumps(
+            [dataclasses.asdict(self.cfg), dataset_identity(self.dataset), str(self.out.resolve()), run.resume]))
         self._check_run_folder()
         torch.manual_seed(self.cfg.seed)
         self.model = GPT(self.cfg.model_config()).to(ctx.device)
@@ -188,7 +191,10 @@ class _Trainer:
                     self._log_looping(loops, progress)
                 self.loops = loops
                 start = time.perf_counter()
-                loss = self._train_step(loops, progress, self.batches.micro_batches(self.step, self.ctx.device))
+                try:
+                    loss = self._train_step(loops, progress, self.batches.micro_batches(self.step, self.ctx.device))
+                except _Diverged as diverged:
+                    self._stop_diverged(diverged.loss)
                 synchronize(self.ctx.device)
                 self.elapsed += self._agreed(time.perf_counter() - start)
                 self.step += 1
@@ -216,8 +222,7 @@ class _Trainer:
             result = self._validate(limit=0)
             summary.update(val_loss=result.loss, val_bpb=result.bpb)
             self._metrics({"kind": "end", **summary})
-        else:
-            self._say(f"train: stopped ({stopped}) at step {self.step}; continue with --resume")
+        self._log_end(summary)
         return summary
 
     def _progress(self) -> float:
@@ -241,11 +246,21 @@ class _Trainer:
             (loss * scale).backward()
             loss_sum += loss.detach()
         all_reduce_gradients(list(self.model.parameters()), self.ctx, mean=True)
+        if not _finite_gradients(self.model):  # the same on every rank: the gradients are all-reduced
+            self.optimizers.zero_grad()
+            raise _Diverged(float(loss_sum * scale))
         self.optimizers.clip_grad_norm_(cfg.grad_clip_norm)
         self.optimizers.step()
         self.optimizers.zero_grad()
         self.ema.update(self.model, cfg.ema_decay if progress >= cfg.ema_start_frac else 0.0)
         return loss_sum * scale
+
+    def _stop_diverged(self, loss: float) -> None:
+        """Save the last finite state (the failed step was not applied) and stop with one Error: line."""
+        self._save()
+        raise UserError(f"training diverged: step {self.step + 1} has a non-finite loss or gradient (loss {loss}); "
+                        f"{self.ckpt_path} holds the last finite state (step {self.step}). Lower the learning rates "
+                        "(matrix_lr, embed_lr, scalar_lr) or raise warmup_steps, and start a new run")
 
     def _agreed(self, seconds: float) -> float:
         """Ranks must agree on time, or they would stop at different steps: use the mean."""
@@ -267,6 +282,7 @@ class _Trainer:
         lr = lr_multiplier(self.step - 1, step_progress, self.cfg)  # the rate the last step used
         self._say(f"step {self.step}/{self.cfg.iterations}  loss {value:.4f}  lr× {lr:.3f}  "
                   f"{tokens_per_s:,.0f} tok/s  elapsed {format_duration(self.elapsed)}  ETA {format_duration(eta)}")
+        self._log(f"step:{self.step}/{self.cfg.iterations} train_loss:{value:.4f} {self._train_time()}")
         self._metrics({"kind": "train", "step": self.step, "loss": value, "lr_mult": lr, "tokens_per_s": tokens_per_s,
                        "elapsed_s": self.elapsed, "eta_s": eta, "progress": progress,
                        "recompiles": self.compiler.recompiles})
@@ -289,6 +305,8 @@ class _Trainer:
         result = score_plain(self.model, tokens, self.val.tables, self.cfg.train_seq_len, self.ctx, loops)
         self._say(f"val step {self.step}: loss {result.loss:.4f}  bpb {result.bpb:.4f}  "
                   f"({result.tokens:,} tokens, {time.perf_counter() - start:.1f}s)")
+        self._log(f"step:{self.step}/{self.cfg.iterations} val_loss:{result.loss:.4f} val_bpb:{result.bpb:.4f} "
+                  f"{self._train_time()}")
         self._metrics({"kind": "val", "step": self.step, "val_loss": result.loss, "val_bpb": result.bpb,
                        "tokens": result.tokens, "bytes": result.bytes, "loops": loops})
         return result
@@ -300,6 +318,7 @@ class _Trainer:
                 elapsed_seconds=self.elapsed,
                 loader=self.batches.state.as_dict(),
                 dataset=dataset_identity(self.dataset),
+                tokenizer_sha256=self.val.tokenizer_sha256,
                 provenance=provenance(self.ctx.device, self.ctx.world_size),
                 tensors={
                     "model": self.model.state_dict(),
@@ -313,11 +332,45 @@ class _Trainer:
         on_main(self.ctx, lambda: append_line(self.out / METRICS_NAME, json.dumps(record)),
                 f"writing {METRICS_NAME}")
 
+    def _train_time(self) -> str:
+        """Training time so far (across resumes, without validation), as the challenge's step lines give it."""
+        train_ms = 1000.0 * self.elapsed
+        return f"train_time:{train_ms:.0f}ms step_avg:{train_ms / max(self.step, 1):.2f}ms"
+
+    def _log_end(self, summary: dict) -> None:
+        """The last lines: the challenge's (`stopping_early: wallclock_cap …`, peak memory), then golfctl's."""
+        stopped, steps = summary["stopped"], f"{self.step}/{self.cfg.iterations}"
+        if stopped == "wallclock":
+            self._say(f"stopping_early: wallclock_cap train_time:{1000.0 * self.elapsed:.0f}ms step:{steps}")
+        device = self.ctx.device
+        if device.type == "cuda":
+            self._say(f"peak memory allocated: {torch.cuda.max_memory_allocated(device) // 1024 // 1024} MiB "
+                      f"reserved: {torch.cuda.max_memory_reserved(device) // 1024 // 1024} MiB")
+        else:
+            self._say(f"peak memory rss: {peak_memory_bytes(device) // 1024 // 1024} MiB "
+                      f"(rank 0 process's peak resident set on {device.type}, not CUDA memory)")
+        if "val_bpb" in summary:
+            self._say(f"train: done ({stopped}) at step {steps}, {format_duration(self.elapsed)} trained, "
+                      f"val_loss {summary['val_loss']:.4f} val_bpb {summary['val_bpb']:.4f}; {self.ckpt_path}")
+        else:
+            self._say(f"train: stopped ({stopped}) at step {self.step}; continue with --resume")
+
+    _log_started = False  # this invocation has written its header line to train.log
+
     def _say(self, line: str) -> None:
+        """A line on the console and in train.log (rank 0)."""
         if self.ctx.is_main:
             print(line, file=sys.stderr, flush=True)
-            if self.out.is_dir():
-                append_line(self.out / LOG_NAME, line)
+            self._log(line)
+
+    def _log(self, line: str) -> None:
+        """A line in train.log only (rank 0), after a header line that starts each invocation's lines."""
+        if self.ctx.is_main and self.out.is_dir():
+            if not self._log_started:
+                self._log_started = True
+                how = f"--resume of {self.ckpt_path}" if self.run.resume else f"new run in {self.out}"
+                append_line(self.out / LOG_NAME, f"==== golfctl train {utc_now()}: {how}")
+            append_line(self.out / LOG_NAME, line)
 
     def _install_signal_handlers(self) -> dict:
         def request_stop(signum, _frame):
@@ -327,6 +380,19 @@ class _Trainer:
         for sig in (signal.SIGTERM, signal.SIGINT):
             previous[sig] = signal.signal(sig, request_stop)
         return previous
+
+
+class _Diverged(Exception):
+    """A step's gradients are not finite; carries the step's mean loss."""
+
+    def __init__(self, loss: float):
+        super().__init__(loss)
+        self.loss = loss
+
+
+def _finite_gradients(model: torch.nn.Module) -> bool:
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()) if grads else True
 
 
 def signal_restore(previous: dict) -> None:

@@ -49,9 +49,9 @@ def test_failed_rerun_keeps_existing_dataset(tmp_path, shakespeare_dataset):
     for f in shakespeare_dataset.iterdir():
         (out / f.name).write_bytes(f.read_bytes())
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\nnot json\n')
-    assert_clean_error(golfctl("tokenize", "--corpus", tmp_path / "bad.jsonl", "--val-docs", 0, "--out", out, "--force"),
-                       "line 2")
+    (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{"text": "also fine"}\nnot json\n')
+    assert_clean_error(golfctl("tokenize", "--corpus", tmp_path / "bad.jsonl", "--val-docs", 1, "--out", out, "--force"),
+                       "line 3")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert_nothing_left(tmp_path, ["ds", "bad.jsonl"])
 

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from dataclasses import fields
 from pathlib import Path
 
 import pytest
-from cli_helpers import assert_clean_error
+from cli_helpers import assert_clean_error, golfctl
 
 from golfctl.checkpoint import load_checkpoint
-from golfctl.cli import main
 from golfctl.config import TrainConfig, config_from_dict, resolve_config, toml_value
 from stages.train import TrainRun, run_train
 
@@ -22,21 +19,6 @@ SMALL = {
     "train_seq_len": 32, "train_batch_tokens": 512, "grad_accum": 1, "iterations": 2, "log_every": 1,
     "val_max_tokens": 1024, "seed": 11, "compile": False,
 }
-
-
-@pytest.fixture
-def run_cli(monkeypatch, capsys):
-    """`golfctl ARGS` through the console entry point, in this process: a CompletedProcess."""
-
-    def run(*args) -> subprocess.CompletedProcess:
-        capsys.readouterr()
-        monkeypatch.setattr(sys, "argv", ["golfctl", *map(str, args)])
-        with pytest.raises(SystemExit) as exit_:
-            main()
-        out, err = capsys.readouterr()
-        return subprocess.CompletedProcess(args, exit_.value.code, out, err)
-
-    return run
 
 
 def table(stdout: str) -> dict[str, tuple[str, str, str]]:
@@ -53,8 +35,8 @@ def table(stdout: str) -> dict[str, tuple[str, str, str]]:
     return rows
 
 
-def test_config_lists_every_key_once_with_value_source_and_help(run_cli):
-    result = run_cli("config", "--preset", "record")
+def test_config_lists_every_key_once_with_value_source_and_help():
+    result = golfctl("config", "--preset", "record")
     assert result.returncode == 0, result.stderr
     rows = table(result.stdout)
     record = resolve_config(TrainConfig, "record")
@@ -66,10 +48,10 @@ def test_config_lists_every_key_once_with_value_source_and_help(run_cli):
     assert rows["num_layers"][1] == "preset record" and rows["val_max_tokens"][1] == "default"
 
 
-def test_config_sources_and_output_read_back(run_cli, tmp_path):
+def test_config_sources_and_output_read_back(tmp_path):
     file = tmp_path / "run.toml"
     file.write_text("model_dim = 96\nwarmup_steps = 3\n")
-    result = run_cli("config", "--preset", "tiny", "--config", file, "--set", "warmup_steps=4", "--set", "seed=9")
+    result = golfctl("config", "--preset", "tiny", "--config", file, "--set", "warmup_steps=4", "--set", "seed=9")
     assert result.returncode == 0, result.stderr
     rows = table(result.stdout)
     assert rows["num_layers"][:2] == ("4", "preset tiny")
@@ -92,8 +74,8 @@ def test_config_sources_and_output_read_back(run_cli, tmp_path):
     (["--preset", "tiny", "--set", "matrix_lr=nan"], ["matrix_lr must be a finite number, got nan"]),
     (["--config", "missing.toml"], ["missing.toml does not exist"]),
 ])
-def test_config_bad_input_is_one_error_line(run_cli, args, fragments):
-    result = run_cli("config", *args)
+def test_config_bad_input_is_one_error_line(args, fragments):
+    result = golfctl("config", *args)
     assert_clean_error(result, *fragments)
     assert result.stdout == ""
 
@@ -114,8 +96,8 @@ def run_copy(tmp_path, half_run) -> Path:
     return tmp_path / "run"
 
 
-def test_flagless_resume_uses_the_stored_config(run_cli, run_copy, small_dataset, one_thread):
-    result = run_cli("train", "--resume", "--out", run_copy, "--data", small_dataset)
+def test_flagless_resume_uses_the_stored_config(run_copy, small_dataset, one_thread):
+    result = golfctl("train", "--resume", "--out", run_copy, "--data", small_dataset)
     assert result.returncode == 0, result.stderr
     assert "resumed" in result.stderr and "model_dim = 32" in result.stderr
     ckpt = load_checkpoint(run_copy / "ckpt.safetensors")
@@ -123,17 +105,17 @@ def test_flagless_resume_uses_the_stored_config(run_cli, run_copy, small_dataset
     assert config_from_dict(TrainConfig, ckpt.config) == config_from_dict(TrainConfig, SMALL)
 
 
-def test_resume_refuses_a_key_that_changes_the_run(run_cli, run_copy, small_dataset):
+def test_resume_refuses_a_key_that_changes_the_run(run_copy, small_dataset):
     before = (run_copy / "ckpt.safetensors").read_bytes()
-    result = run_cli("train", "--resume", "--out", run_copy, "--data", small_dataset,
+    result = golfctl("train", "--resume", "--out", run_copy, "--data", small_dataset,
                      "--set", "model_dim=64", "--set", "seed=12", "--set", "log_every=3")
     line = assert_clean_error(result, "model_dim stored 32, requested 64 (--set)", "seed stored 11, requested 12")
     assert "log_every stored" not in line  # a run-control key is no conflict
     assert (run_copy / "ckpt.safetensors").read_bytes() == before
 
 
-def test_resume_applies_run_control_keys(run_cli, run_copy, small_dataset, one_thread):
-    result = run_cli("train", "--resume", "--out", run_copy, "--data", small_dataset,
+def test_resume_applies_run_control_keys(run_copy, small_dataset, one_thread):
+    result = golfctl("train", "--resume", "--out", run_copy, "--data", small_dataset,
                      "--set", "log_every=5", "--set", "val_every=7", "--set", "seed=11")  # seed as stored: no change
     assert result.returncode == 0, result.stderr
     ckpt = load_checkpoint(run_copy / "ckpt.safetensors")
@@ -141,7 +123,7 @@ def test_resume_applies_run_control_keys(run_cli, run_copy, small_dataset, one_t
     assert (ckpt.config["log_every"], ckpt.config["val_every"], ckpt.config["model_dim"]) == (5, 7, 32)
 
 
-def test_flagless_resume_without_a_checkpoint(run_cli, tmp_path, small_dataset):
-    assert_clean_error(run_cli("train", "--resume", "--out", tmp_path / "run", "--data", small_dataset),
+def test_flagless_resume_without_a_checkpoint(tmp_path, small_dataset):
+    assert_clean_error(golfctl("train", "--resume", "--out", tmp_path / "run", "--data", small_dataset),
                        "ckpt.safetensors does not exist", "without --resume")
-    assert_clean_error(run_cli("train", "--out", tmp_path / "run", "--data", small_dataset), "--preset", "--resume")
+    assert_clean_error(golfctl("train", "--out", tmp_path / "run", "--data", small_dataset), "--preset", "--resume")

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from golfctl.distributed import (PeerFailed, all_reduce_float64, all_reduce_gradients, broadcast_, init_distributed,
-                                 mean_over_ranks, on_main, run_distributed, share, single_process)
+from golfctl.distributed import (PeerFailed, agree, all_reduce_float64, all_reduce_gradients, broadcast_,
+                                 init_distributed, mean_over_ranks, on_main, run_distributed, share, single_process)
 from golfctl.errors import UserError
 from ranks import rank_outcomes, rank_results
 
@@ -23,6 +23,7 @@ def collectives(ctx) -> dict:
     summed = [nn.Parameter(torch.zeros(2))]
     summed[0].grad = torch.tensor([1.0, float(ctx.rank)])
     all_reduce_gradients(summed, ctx, mean=False)
+    agree(ctx, "config", "the same on every rank")  # agreeing ranks pass
     return {
         "sums": all_reduce_float64([ctx.rank + 0.25, 2.0**53 - 1], ctx),
         "mean": mean_over_ranks(float(ctx.rank), ctx),
@@ -67,6 +68,15 @@ def rank1_fails_while_rank0_waits(ctx) -> None:
         time.sleep(1.0)  # rank 0 is blocked in the collective by now
         raise UserError("rank 1 ran out of data")
     all_reduce_float64([1.0], ctx)
+
+
+def ranks_disagree(ctx) -> None:
+    agree(ctx, "config", "matrix_lr=0.02" if ctx.rank == 0 else "matrix_lr=0.04")
+
+
+def test_ranks_that_disagree_all_stop_naming_the_odd_one(tmp_path):
+    for outcome in rank_outcomes(ranks_disagree, tmp_path):
+        assert outcome["error"] == "UserError" and "rank(s) 1 started with another config" in outcome["message"]
 
 
 @pytest.mark.parametrize("work, failing, message", [
