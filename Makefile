@@ -35,7 +35,7 @@ else
 GOLFCTL_RANKS := $(BIN)/torchrun --standalone --nproc_per_node=$(NPROC) -m golfctl
 endif
 
-.PHONY: all install test bench data train final artifact eval report clean seeds
+.PHONY: all install test bench data train final artifact eval plots report clean seeds
 .DELETE_ON_ERROR:
 
 # The chain ends with the result table; every step before it reruns only when its inputs changed.
@@ -44,7 +44,7 @@ all: report
 report: $(OUT)/report.txt
 	@cat $<
 	@$(if $(REPORT_REBUILT),,echo "Nothing to rerun: every stage is up to date (change a variable or delete a file in $(OUT)/ to rerun from there).")
-$(OUT)/report.txt: $(OUT)/eval.json $(OUT)/eval_fp.json
+$(OUT)/report.txt: $(OUT)/eval.json $(OUT)/eval_fp.json $(OUT)/plots/train.png
 	$(eval REPORT_REBUILT := yes)
 	@$(GOLFCTL) report $(OUT) --data $(DATA) > $@
 
@@ -119,6 +119,11 @@ $(OUT)/artifact.bin: $(OUT)/final.safetensors $(OUT)/.quantize.args | $(INSTALLE
 eval: $(OUT)/eval.json
 $(OUT)/eval.json: $(OUT)/artifact.bin $(OUT)/.eval.args | $(INSTALLED)
 	$(GOLFCTL_RANKS) eval $(OUT)/artifact.bin --data $(DATA) $(TOKENIZER_OPT) --out $@ $(EVAL_ARGS)
+
+# The run's pictures (train.png, ttt.png, budget.png): drawn once its scores are in.
+plots: $(OUT)/plots/train.png
+$(OUT)/plots/train.png: $(OUT)/eval.json $(OUT)/eval_fp.json | $(INSTALLED)
+	$(GOLFCTL) plot $(OUT) --out $(OUT)/plots
 
 # The unquantized model's plain score: the reference the quantization gap is measured against.
 $(OUT)/eval_fp.json: $(OUT)/final.safetensors | $(INSTALLED)

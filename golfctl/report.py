@@ -96,6 +96,9 @@ def report_lines(out: Path, data: Path | None = None) -> list[str]:
     lines += [f"  train       {train_tokens:,} tokens in {ckpt.step:,} steps, {ckpt.elapsed_seconds:,.1f} s",
               f"  eval        {eval_seconds:,.1f} s (" + ", ".join(f"{k} {v['seconds']:.1f} s" for k, v in results.items())
               + ")"]
+    plots = sorted((out / "plots").glob("*.png"))
+    if plots:
+        lines.append(f"  plots       {plots[0].parent}/: " + ", ".join(p.name for p in plots))
     return lines
 
 

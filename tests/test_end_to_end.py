@@ -42,7 +42,7 @@ def inspect(path: Path) -> str:
 def test_make_all_chain_reruns_only_what_changed(tmp_path, small_corpus):
     out = tmp_path / "artifacts"
     first = make(out, small_corpus)
-    assert stages_run(first) == ["tokenize", "train", "ema-finalize", "quantize", "eval", "eval"]
+    assert stages_run(first) == ["tokenize", "train", "ema-finalize", "quantize", "eval", "eval", "plot"]
     for name, kind in [("data", "golfctl.dataset v1"), ("run/ckpt.safetensors", "training checkpoint"),
                        ("final.safetensors", "golfctl.model v1"), ("artifact.bin", "golfctl.quantized v2")]:
         assert kind in inspect(out / name), name
@@ -51,16 +51,18 @@ def test_make_all_chain_reruns_only_what_changed(tmp_path, small_corpus):
     for entry in report["results"].values():
         assert set(entry) >= {"val_loss", "val_bpb", "tokens", "bytes", "seconds"} and 0 < entry["val_bpb"] < 10
     assert report["results"]["ttt"]["chunks"] and report["settings"]["ttt_epochs"] == 1
-    for fragment in ("quantized sliding+TTT", "unigram reference", "headroom", "train"):
+    assert sorted(p.name for p in (out / "plots").iterdir()) == ["budget.png", "train.png", "ttt.png"]
+    for fragment in ("quantized sliding+TTT", "unigram reference", "headroom", "train", "plots/: budget.png"):
         assert fragment in first.stdout
     assert "Nothing to rerun" not in first.stdout
     second = make(out, small_corpus)
     assert stages_run(second) == [], "a second make all must do nothing"
     assert "Nothing to rerun" in second.stdout and "quantized sliding+TTT" in second.stdout
-    assert stages_run(make(out, small_corpus, quant_args="--calib-batches 2 --method rtn")) == ["quantize", "eval"]
+    assert stages_run(make(out, small_corpus, quant_args="--calib-batches 2 --method rtn")) == ["quantize", "eval",
+                                                                                                 "plot"]
     (out / "run" / "ckpt.safetensors").unlink()
     assert stages_run(make(out, small_corpus, quant_args="--calib-batches 2 --method rtn", dry_run=True)) == [
-        "train", "ema-finalize", "quantize", "eval", "eval"], "a deleted checkpoint reruns train onward"
+        "train", "ema-finalize", "quantize", "eval", "eval", "plot"], "a deleted checkpoint reruns train onward"
 
 
 def test_make_all_on_an_official_dataset_skips_tokenize(tmp_path):
