@@ -49,7 +49,7 @@ import numpy as np
 import torch
 import zstandard
 
-from golfctl.codec import CODECS, MAX_VALUES, zstd_decompress_exact
+from golfctl.codec import CODECS, MAX_VALUES, is_int, zstd_decompress_exact
 from golfctl.errors import UserError
 from golfctl.fileio import atomic_write_bytes
 from golfctl.halfcodec import HALF_CODECS
@@ -382,7 +382,7 @@ def _check_header(header: dict, version: int, payload_len: int, origin: str) -> 
         shape = entry["shape"]
         min_ndim = 1 if kind == "int" else 0
         if (not isinstance(shape, list) or not min_ndim <= len(shape) <= MAX_NDIM
-                or not all(_is_int(d) and d > 0 for d in shape)):
+                or not all(is_int(d) and d > 0 for d in shape)):
             raise bad(f"{where} shape {shape!r} is not a list of {min_ndim}..{MAX_NDIM} positive ints")
         numel = 1
         for d in shape:  # stop early: a hostile shape must not build a huge Python int
@@ -392,7 +392,7 @@ def _check_header(header: dict, version: int, payload_len: int, origin: str) -> 
         total += numel
         if total > MAX_ELEMENTS:
             raise bad(f"{where} brings the element count past the limit of {MAX_ELEMENTS}")
-        if kind == "int" and (not _is_int(entry["bits"]) or not 2 <= entry["bits"] <= 8):
+        if kind == "int" and (not is_int(entry["bits"]) or not 2 <= entry["bits"] <= 8):
             raise bad(f"{where} bits {entry['bits']!r} is not an int in 2..8")
         if version == 1:
             placed.append(_place_v1(entry, kind, header["codec"], numel, payload_len, where, bad))
@@ -405,7 +405,7 @@ def _check_header(header: dict, version: int, payload_len: int, origin: str) -> 
             if not isinstance(entry[coding_key], dict):
                 raise bad(f"{where} {coding_key} is not an object")
             length = entry[part]
-            if not _is_int(length) or length < 0 or cursor + length > payload_len:
+            if not is_int(length) or length < 0 or cursor + length > payload_len:
                 raise bad(f"{where} {part} length {length!r} runs past the {payload_len}-byte payload")
             fields.update({part: (cursor, length), codec_key: codec_name, coding_key: entry[coding_key]})
             cursor += length
@@ -441,7 +441,7 @@ def _check_region(region, payload_len: int, label: str, bad) -> tuple[int, int]:
     if not isinstance(region, dict) or set(region) != {"offset", "length"}:
         raise bad(f"{label} is not an object with offset and length")
     offset, length = region["offset"], region["length"]
-    if not (_is_int(offset) and _is_int(length) and offset >= 0 and length >= 0):
+    if not (is_int(offset) and is_int(length) and offset >= 0 and length >= 0):
         raise bad(f"{label} offset and length must be non-negative ints")
     if offset + length > payload_len:
         raise bad(f"{label} ends at byte {offset + length}, past the {payload_len}-byte payload")
@@ -462,6 +462,3 @@ def _slice(payload, region: tuple[int, int]):
     offset, length = region
     return payload[offset:offset + length]
 
-
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)

@@ -109,24 +109,25 @@ def _as_int8(q: np.ndarray) -> np.ndarray:
 
 
 def _check_dims(rows, cols) -> None:
-    if not (_is_int(rows) and _is_int(cols) and rows >= 0 and cols >= 0):
+    if not (is_int(rows) and is_int(cols) and rows >= 0 and cols >= 0):
         raise ValueError(f"rows and cols must be non-negative ints, got {rows!r}, {cols!r}")
     if rows * cols > MAX_VALUES:
         raise ValueError(f"{rows}×{cols} values pass the limit of {MAX_VALUES}")
 
 
-def _is_int(x) -> bool:
+def is_int(x) -> bool:
+    """A JSON integer of a hostile header: an int, and not a bool (which Python counts as one)."""
     return isinstance(x, int) and not isinstance(x, bool)
 
 
 def _check_params(params, keys: tuple[str, ...], count) -> int:
     """Validate the fields every codec shares; return the minimum symbol."""
-    if not _is_int(count) or count < 0:
+    if not is_int(count) or count < 0:
         raise ValueError(f"count must be a non-negative int, got {count!r}")
     if not isinstance(params, dict) or sorted(params) != sorted(keys):
         raise ValueError(f"params must be a dict with exactly the keys {list(keys)}")
     low = params["min"]
-    if not _is_int(low) or not INT8_MIN <= low <= INT8_MAX:
+    if not is_int(low) or not INT8_MIN <= low <= INT8_MAX:
         raise ValueError(f"min must be an int in [{INT8_MIN}, {INT8_MAX}], got {low!r}")
     return low
 
@@ -157,7 +158,7 @@ class AnsCodec(FlatCodec):
         counts = params["counts"]
         if not isinstance(counts, list) or len(counts) > MAX_SYMBOLS:
             raise ValueError(f"counts must be a list of at most {MAX_SYMBOLS} ints")
-        if not all(_is_int(c) and c >= 0 for c in counts):
+        if not all(is_int(c) and c >= 0 for c in counts):
             raise ValueError("counts must be non-negative ints")
         if sum(counts) != count:
             raise ValueError(f"counts sum to {sum(counts)}, expected {count} values")
@@ -267,10 +268,10 @@ class RowCodec:
         low, high = _check_span(params, "min", "max", INT8_MIN, INT8_MAX)
         dlow, dhigh = _check_span(params, "dmin", "dmax", DIFF_MIN, DIFF_MAX)
         ref_bits = params["ref_bits"]
-        if not _is_int(ref_bits) or not 0 <= ref_bits <= max(rows - 1, 0).bit_length():
+        if not is_int(ref_bits) or not 0 <= ref_bits <= max(rows - 1, 0).bit_length():
             raise ValueError(f"ref_bits must be an int in 0..{max(rows - 1, 0).bit_length()}, got {ref_bits!r}")
         col_groups = params["col_groups"]
-        if not _is_int(col_groups) or not 1 <= col_groups <= MAX_COLUMN_GROUPS:
+        if not is_int(col_groups) or not 1 <= col_groups <= MAX_COLUMN_GROUPS:
             raise ValueError(f"col_groups must be an int in 1..{MAX_COLUMN_GROUPS}, got {col_groups!r}")
         reader = AdaptiveReader(data)
         bit_lengths = reader.symbols(rows, ref_bits + 1)
@@ -374,7 +375,7 @@ def _span(values: np.ndarray) -> tuple[int, int]:
 
 def _check_span(params: dict, low_key: str, high_key: str, floor: int, ceiling: int) -> tuple[int, int]:
     low, high = params[low_key], params[high_key]
-    if not (_is_int(low) and _is_int(high) and floor <= low <= high <= ceiling):
+    if not (is_int(low) and is_int(high) and floor <= low <= high <= ceiling):
         raise ValueError(f"{low_key} and {high_key} must be ints with {floor} ≤ {low_key} ≤ {high_key} ≤ {ceiling}")
     return low, high
 

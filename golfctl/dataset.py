@@ -165,8 +165,7 @@ def find_official_tokenizer(root: Path, vocab_size: int | None = None) -> Tokeni
             return TokenizerSearch(shown(named), f"named for {folder.name} by {shown(manifest_path)}",
                                    (*looked_at, str(shown(named))))
         looked_at.append(f"{shown(named)} (named by {shown(manifest_path)})")
-    match = OFFICIAL_FOLDER_VOCAB.fullmatch(folder.name)
-    vocab = int(match.group(1)) if match else _int_or_none((entry or {}).get("vocab_size")) or vocab_size
+    vocab = official_folder_vocab(folder) or _int_or_none((entry or {}).get("vocab_size")) or vocab_size
     if vocab is None:
         looked_at.append(f"{shown(data / 'tokenizers')}/fineweb_V_bpe.model (V unknown: the folder is not named "
                          "fineweb10B_sp{V})")
@@ -176,6 +175,12 @@ def find_official_tokenizer(root: Path, vocab_size: int | None = None) -> Tokeni
     if conventional.is_file():
         return TokenizerSearch(shown(conventional), f"the challenge's layout for vocab {vocab}", tuple(looked_at))
     return TokenizerSearch(None, "", tuple(looked_at))
+
+
+def official_folder_vocab(root: Path) -> int | None:
+    """V of an official folder named as the challenge names them (fineweb10B_sp{V}); None otherwise."""
+    match = OFFICIAL_FOLDER_VOCAB.fullmatch(Path(os.path.abspath(root)).name)
+    return int(match.group(1)) if match else None
 
 
 def _challenge_manifest_entries(path: Path, name: str) -> tuple[dict | None, str | None]:
@@ -231,8 +236,7 @@ def open_dataset(root: str | Path, verify: bool = True) -> Dataset:
         splits = {name: _split_from_manifest(root, name, manifest, verify) for name in SPLITS}
     else:
         manifest = None
-        match = OFFICIAL_FOLDER_VOCAB.fullmatch(Path(os.path.abspath(root)).name)
-        splits = {name: _split_from_glob(root, name, int(match.group(1)) if match else None) for name in SPLITS}
+        splits = {name: _split_from_glob(root, name, official_folder_vocab(root)) for name in SPLITS}
         if not any(split.shards for split in splits.values()):
             raise UserError(
                 f"{root} holds no manifest.json and no fineweb_train_*.bin / fineweb_val_*.bin shards; "

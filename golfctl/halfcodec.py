@@ -20,6 +20,7 @@ from typing import Protocol
 import numpy as np
 
 from golfctl.adaptive import MAX_ALPHABET, AdaptiveReader, AdaptiveWriter
+from golfctl.codec import is_int
 
 _FP16 = np.dtype("<f2")
 U16_MAX = (1 << 16) - 1
@@ -41,7 +42,7 @@ def _patterns(values: np.ndarray) -> np.ndarray:
 
 
 def _check_count(count) -> None:
-    if not (isinstance(count, int) and not isinstance(count, bool) and count >= 0):
+    if not (is_int(count) and count >= 0):
         raise ValueError(f"count must be a non-negative int, got {count!r}")
 
 
@@ -88,7 +89,7 @@ class SplitHalfCodec:
         if not isinstance(params, dict) or sorted(params) != ["min", "shift", "top"]:
             raise ValueError("params must be a dict with exactly the keys min, shift, top")
         low, shift, top = params["min"], params["shift"], params["top"]
-        if not all(isinstance(x, int) and not isinstance(x, bool) for x in (low, shift, top)):
+        if not all(is_int(x) for x in (low, shift, top)):
             raise ValueError("min, shift and top must be ints")
         if not (0 <= low <= U16_MAX and 0 <= shift <= 16 and 0 <= top < MAX_ALPHABET):
             raise ValueError(f"need 0 ≤ min ≤ {U16_MAX}, 0 ≤ shift ≤ 16, 0 ≤ top < {MAX_ALPHABET}")
