@@ -7,6 +7,7 @@ hyper-parameters (and which `golfctl config` takes to list them), are declared h
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -163,7 +164,7 @@ def report_command(out: Path, data: Path | None) -> None:
 @click.argument("folders", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder to write the PNGs into.")
 def plot_command(folders: tuple[Path, ...], out: Path) -> None:
-    """Draw run or output folders (overlaid) as train.png, ttt.png and budget.png (needs golfctl[plot])."""
+    """Draw run or output folders (overlaid): train, ttt, quantize, budget and compare PNGs (needs golfctl[plot])."""
     from golfctl.plot import write_plots
 
     for path in write_plots(list(folders), out, warn=lambda line: click.echo(f"warning: {line}", err=True)):
@@ -191,10 +192,14 @@ def submit_command(runs: tuple[Path, ...], out: Path, name: str, author: str, gi
 @click.option("--reference-bpb", type=float, help="Reference mean BPB (with --reference-std and --reference-n).")
 @click.option("--reference-std", type=float, help="Reference BPB standard deviation over its seeds.")
 @click.option("--reference-n", type=int, help="Reference seed count.")
+@click.option("--out", type=click.Path(path_type=Path),
+              help="Also write the comparison as JSON (compare.json), for golfctl plot's compare.png.")
 def compare_command(results: tuple[Path, ...], references: tuple[Path, ...], reference_bpb: float | None,
-                    reference_std: float | None, reference_n: int | None) -> None:
+                    reference_std: float | None, reference_n: int | None, out: Path | None) -> None:
     """Per-seed scores, means and Welch's one-sided p that RESULTS beat the reference by 0.005 nats."""
-    from golfctl.compare import compare_lines, load_results
+    from golfctl.compare import compare, load_results
+    from golfctl.fileio import atomic_write_bytes
+    from golfctl.outputs import JSON, check_output_file
 
     numbers = (reference_bpb, reference_std, reference_n)
     if bool(references) == any(v is not None for v in numbers) or (not references and None in numbers):
@@ -202,8 +207,13 @@ def compare_command(results: tuple[Path, ...], references: tuple[Path, ...], ref
                         "and --reference-n")
     ours = [r for path in results for r in load_results(path)]
     reference = [r for path in references for r in load_results(path)] if references else None
-    for line in compare_lines(ours, reference, None if references else numbers):
+    if out is not None:
+        check_output_file(out, JSON, inputs=(*results, *references))
+    comparison = compare(ours, reference, None if references else numbers)
+    for line in comparison.lines():
         click.echo(line)
+    if out is not None:
+        atomic_write_bytes(out, (json.dumps(comparison.as_dict(), indent=1) + "\n").encode())
 
 
 @cli.command("inspect")

@@ -11,6 +11,7 @@ own results' tokens per byte: 0.005 nats/token = 0.005 / ln 2 × tokens / bytes 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import statistics
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from golfctl.errors import UserError
 
+COMPARE_FORMAT = "golfctl-compare"
 MARGIN_NATS = 0.005
 P_REQUIRED = 0.01
 
@@ -79,14 +81,53 @@ def welch(ours: list[float], reference_mean: float, reference_std: float, refere
     return Welch(improvement, margin, t, df, float(stats.t.sf(t, df)))
 
 
-def compare_lines(ours: list[Result], reference: list[Result] | None, reference_bpb: tuple[float, float, int] | None
-                  ) -> list[str]:
-    """The printed comparison: per-seed values, means, improvement, Welch p and the verdict."""
-    lines = [f"  {r.label:<32} val_loss {r.val_loss:.5f}  val_bpb {r.val_bpb:.5f}" for r in ours]
+@dataclass(frozen=True)
+class Comparison:
+    ours: list[Result]
+    reference: list[Result] | None  # None: the reference was given as numbers
+    unit: str  # "nats" (val_loss) or "BPB"
+    values: list[float]  # ours, in `unit`
+    reference_mean: float
+    reference_std: float
+    reference_n: int
+    test: Welch
+
+    @property
+    def beats(self) -> bool:
+        return self.test.p < P_REQUIRED and self.test.improvement > self.test.margin
+
+    def lines(self) -> list[str]:
+        """The printed comparison: per-seed values, means, improvement, Welch p and the verdict."""
+        test, unit = self.test, self.unit
+        lines = [f"  {r.label:<32} val_loss {r.val_loss:.5f}  val_bpb {r.val_bpb:.5f}" for r in self.ours]
+        lines += [f"  reference {r.label:<22} val_loss {r.val_loss:.5f}  val_bpb {r.val_bpb:.5f}"
+                  for r in self.reference or []]
+        return lines + [
+            f"  ours       mean {statistics.fmean(self.values):.5f} {unit}, std {sample_std(self.values):.5f}, "
+            f"n {len(self.values)}",
+            f"  reference  mean {self.reference_mean:.5f} {unit}, std {self.reference_std:.5f}, n {self.reference_n}",
+            f"  improvement {test.improvement:+.5f} {unit} (required "
+            + (f"{MARGIN_NATS} nats)" if unit == "nats" else f"{test.margin:.5f} {unit} = {MARGIN_NATS} nats)"),
+            f"  Welch t = {test.t:.3f}, df = {test.df:.2f}, one-sided p = {test.p:.4g}",
+            f"verdict: {'beats' if self.beats else 'does not beat'} the reference by the required {MARGIN_NATS} nats "
+            f"at p = {test.p:.4g} ({'<' if test.p < P_REQUIRED else '≥'} {P_REQUIRED})",
+        ]
+
+    def as_dict(self) -> dict:
+        """compare.json: everything `lines` prints, as numbers (what `golfctl plot` draws compare.png from)."""
+        return {"format": COMPARE_FORMAT, "version": 1, "unit": self.unit,
+                "ours": [dataclasses.asdict(r) | {"value": v} for r, v in zip(self.ours, self.values)],
+                "reference": {"mean": self.reference_mean, "std": self.reference_std, "n": self.reference_n,
+                              "results": [dataclasses.asdict(r) for r in self.reference or []]},
+                "welch": dataclasses.asdict(self.test), "p_required": P_REQUIRED, "beats": self.beats}
+
+
+def compare(ours: list[Result], reference: list[Result] | None, reference_bpb: tuple[float, float, int] | None
+            ) -> Comparison:
+    """Our results against reference results (in nats) or a published mean/std/n (in BPB)."""
     if reference is not None:
         unit, values = "nats", [r.val_loss for r in ours]
         ref_values = [r.val_loss for r in reference]
-        lines += [f"  reference {r.label:<22} val_loss {r.val_loss:.5f}  val_bpb {r.val_bpb:.5f}" for r in reference]
         ref_mean, ref_std, ref_n = statistics.fmean(ref_values), sample_std(ref_values), len(ref_values)
         margin = MARGIN_NATS
     else:
@@ -99,17 +140,8 @@ def compare_lines(ours: list[Result], reference: list[Result] | None, reference_
             raise UserError(f"--reference-bpb and --reference-std must be finite (the std >= 0), got {ref_mean}, "
                             f"{ref_std}")
         margin = MARGIN_NATS / math.log(2) * statistics.fmean(ratios)
-    test = welch(values, ref_mean, ref_std, ref_n, margin)
-    verdict = "beats" if test.p < P_REQUIRED and test.improvement > margin else "does not beat"
-    return lines + [
-        f"  ours       mean {statistics.fmean(values):.5f} {unit}, std {sample_std(values):.5f}, n {len(values)}",
-        f"  reference  mean {ref_mean:.5f} {unit}, std {ref_std:.5f}, n {ref_n}",
-        f"  improvement {test.improvement:+.5f} {unit} (required "
-        + (f"{MARGIN_NATS} nats)" if unit == "nats" else f"{margin:.5f} {unit} = {MARGIN_NATS} nats)"),
-        f"  Welch t = {test.t:.3f}, df = {test.df:.2f}, one-sided p = {test.p:.4g}",
-        f"verdict: {verdict} the reference by the required {MARGIN_NATS} nats at p = {test.p:.4g} "
-        f"({'<' if test.p < P_REQUIRED else '≥'} {P_REQUIRED})",
-    ]
+    return Comparison(ours, reference, unit, values, ref_mean, ref_std, ref_n,
+                      welch(values, ref_mean, ref_std, ref_n, margin))
 
 
 def sample_std(values: list[float]) -> float:

@@ -71,6 +71,15 @@ def check_output_file(out: Path, writes: str, inputs: Iterable[Path | None] = ()
     return out
 
 
+QUANTIZE_REPORT_FORMAT = "golfctl-quantize-report"
+
+
+def quantize_report_path(artifact: Path) -> Path:
+    """The per-tensor report `golfctl quantize` writes beside its artifact: artifact.bin → artifact.quantize.json."""
+    artifact = Path(artifact)
+    return artifact.with_name(artifact.stem + ".quantize.json")
+
+
 def check_output_folder(out: Path, inputs: Iterable[Path | None] = ()) -> Path:
     """Refuse an --out folder that is, holds or lies inside an input, or is a file; create its parent."""
     out = Path(out)

@@ -1,9 +1,9 @@
 """What `golfctl plot` draws, read from a run folder or a pipeline output folder; no matplotlib here.
 
-A run folder holds `metrics.jsonl` (and `ckpt.safetensors`); an output folder (what `make all`
-fills) holds `run/`, `eval.json` and `artifact.bin`. Missing or damaged inputs are drawn as far
-as their data goes: each costs one line in `warnings`, never an exception. A folder with nothing
-to draw is a UserError.
+A run folder holds `metrics.jsonl`; an output folder (what `make all` fills) holds `run/`,
+`eval.json`, `artifact.bin` with its `artifact.quantize.json`, and perhaps a `compare.json`
+(`golfctl compare --out`). Missing or damaged inputs are drawn as far as their data goes: each
+costs one line in `warnings`, never an exception. A folder with nothing to draw is a UserError.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from golfctl.errors import UserError
+from golfctl.fileio import sha256_file
+from golfctl.outputs import QUANTIZE_REPORT_FORMAT, quantize_report_path
 
 
 @dataclass
@@ -27,15 +29,19 @@ class RunData:
     train: list[dict] = field(default_factory=list)  # metrics.jsonl "train" records, in file order
     val: list[dict] = field(default_factory=list)
     loop_steps: list[int] = field(default_factory=list)
-    warmdown_step: float | None = None
+    phases: dict[str, int] = field(default_factory=dict)  # "warmdown"/"ema" → the step it started at
+    resumes: list[int] = field(default_factory=list)  # steps a resumed run continued from
     ttt_chunks: list[dict] = field(default_factory=list)  # eval.json results.ttt.chunks: nll_sum, tokens, bytes
+    sliding_chunks: list[dict] = field(default_factory=list)  # the same chunks scored by sliding (or none)
+    quantize: dict[str, dict] = field(default_factory=dict)  # artifact.quantize.json "tensors", matrices only
     budget: list[Segment] = field(default_factory=list)  # the 16 MB bar, headroom last
     budget_limit: int = 0
+    compare: dict | None = None  # compare.json
     warnings: list[str] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
-        return not (self.train or self.val or self.ttt_chunks or self.budget)
+        return not (self.train or self.val or self.ttt_chunks or self.quantize or self.budget or self.compare)
 
 
 def load_run(folder: Path) -> RunData:
@@ -45,16 +51,19 @@ def load_run(folder: Path) -> RunData:
                         "metrics.jsonl) or an output folder (what `make all` fills, e.g. artifacts)")
     run_dir = folder if (folder / "metrics.jsonl").is_file() or not (folder / "run").is_dir() else folder / "run"
     data = RunData(label=folder.resolve().name)
-    _read_metrics(run_dir / "metrics.jsonl", data)
-    _read_warmdown(run_dir / "ckpt.safetensors", data)
+    data.compare = _read_json(folder / "compare.json", data)
+    if data.compare is None or (run_dir / "metrics.jsonl").is_file():  # a comparison folder needs no run
+        _read_metrics(run_dir / "metrics.jsonl", data)
     eval_report = _read_json(folder / "eval.json", data)
     if eval_report is not None:
         _read_ttt(folder / "eval.json", eval_report, data)
-    if (folder / "artifact.bin").is_file():
-        _read_budget(folder / "artifact.bin", eval_report, data)
+    artifact = folder / "artifact.bin"
+    if artifact.is_file():
+        _read_quantize(artifact, data)
+        _read_budget(artifact, eval_report, data)
     if data.empty:
         raise UserError(f"{folder}: nothing to plot (no metrics.jsonl with records, no eval.json with TTT chunks, "
-                        "no artifact.bin)")
+                        "no artifact.bin, no compare.json)")
     return data
 
 
@@ -67,37 +76,36 @@ def _read_metrics(path: Path, data: RunData) -> None:
     bad = []
     for number, line in enumerate(lines, 1):
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            bad.append(number)
-            continue
-        kind = record.get("kind") if isinstance(record, dict) else None
-        try:
-            if kind == "train":
-                data.train.append({k: float(record[k]) for k in ("step", "loss", "lr_mult", "elapsed_s")})
-            elif kind == "val":
-                data.val.append({k: float(record[k]) for k in ("step", "val_bpb")})
-            elif kind == "loop":
-                data.loop_steps.append(int(record["step"]))
-        except (KeyError, TypeError, ValueError):
+            _add_record(json.loads(line), data)
+        except (json.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
             bad.append(number)
     if bad:
         data.warnings.append(f"{path}: {len(bad)} line(s) cut or unreadable (line {bad[0]} first); drawn without them")
 
 
-def _read_warmdown(ckpt: Path, data: RunData) -> None:
-    """The step where warm-down starts, from the checkpoint's config; None without a checkpoint or
-    under a wall-clock cap (the warm-down then starts by time, not by step)."""
-    if not ckpt.is_file():
-        return
-    from golfctl.checkpoint import read_metadata
+def _add_record(record: dict, data: RunData) -> None:
+    kind = record.get("kind")
+    if kind == "train":
+        data.train.append({k: float(record[k]) for k in ("step", "loss", "lr_mult", "elapsed_s")}
+                          | {"momentum": float(record.get("momentum", "nan"))})  # older metrics lack it
+    elif kind == "val":
+        data.val.append({k: float(record[k]) for k in ("step", "val_bpb")})
+    elif kind == "loop":
+        data.loop_steps.append(int(record["step"]))
+    elif kind == "phase":
+        step = int(record["step"])
+        data.phases[str(record["phase"])] = min(step, data.phases.get(record["phase"], step))
+    elif kind == "resume":
+        _resume_at(int(record["step"]), data)
 
-    try:
-        config = json.loads(read_metadata(ckpt)["config"])
-        if not config.get("max_wallclock_seconds"):
-            data.warmdown_step = config["iterations"] * (1 - config["warmdown_frac"])
-    except (UserError, KeyError, TypeError, ValueError):
-        data.warnings.append(f"{ckpt}: no readable config; no warm-down marker for {data.label}")
+
+def _resume_at(step: int, data: RunData) -> None:
+    """A resumed run replays the steps after its checkpoint: the records a pre-empted run logged
+    past `step` are superseded by the replay, so they are dropped."""
+    data.train = [r for r in data.train if r["step"] <= step]
+    data.val = [r for r in data.val if r["step"] <= step]
+    data.loop_steps = [s for s in data.loop_steps if s <= step]
+    data.resumes.append(step)
 
 
 def _read_json(path: Path, data: RunData) -> dict | None:
@@ -112,11 +120,33 @@ def _read_json(path: Path, data: RunData) -> dict | None:
 
 
 def _read_ttt(path: Path, report: dict, data: RunData) -> None:
-    chunks = (report.get("results") or {}).get("ttt", {}).get("chunks")
+    results = report.get("results") or {}
+    chunks = (results.get("ttt") or {}).get("chunks")
     if not chunks:
         data.warnings.append(f"{path} holds no TTT chunks (eval without --ttt?); no ttt.png for {data.label}")
         return
-    data.ttt_chunks = [c for c in chunks if isinstance(c, dict) and c.get("bytes")]
+    sliding = (results.get("sliding") or {}).get("chunks") or []
+    if len(sliding) != len(chunks):
+        data.warnings.append(f"{path} holds no per-chunk sliding sums (eval with --no-sliding, or an older golfctl); "
+                             f"ttt.png shows {data.label}'s TTT BPB without the gain")
+    pairs = [(t, s) for t, s in zip(chunks, sliding or [None] * len(chunks)) if isinstance(t, dict) and t.get("bytes")]
+    data.ttt_chunks = [t for t, _ in pairs]
+    data.sliding_chunks = [s for _, s in pairs if s is not None]
+
+
+def _read_quantize(artifact: Path, data: RunData) -> None:
+    path = quantize_report_path(artifact)
+    report = _read_json(path, data)
+    if report is None or report.get("format") != QUANTIZE_REPORT_FORMAT:
+        data.warnings.append(f"{path} is missing or not a quantize report (an artifact of an older golfctl?); "
+                             f"no quantize.png for {data.label}")
+    elif report.get("artifact_sha256") != sha256_file(artifact):
+        data.warnings.append(f"{path} describes another artifact than {artifact} (quantized again since?); "
+                             f"no quantize.png for {data.label}")
+    else:
+        data.quantize = {name: t for name, t in report["tensors"].items() if t.get("group") != "fp16"}
+
+
 
 
 def tensor_group(name: str, quantized: bool) -> str:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -57,15 +57,35 @@ class TTTConfig:
 
 
 @dataclass(frozen=True)
-class TTTResult(Sums):
+class ChunkedSums(Sums):
     # {"nll_sum", "tokens", "bytes"} per chunk in stream order: what that chunk's windows scored
     # (their last targets may lie in the next chunk; a chunk that starts no window records zeros).
     chunks: list[dict] = field(default_factory=list)
 
 
+def score_by_chunk(scorer: Scorer, tokens: Tokens, windows: Sequence[Window], chunk_tokens: int,
+                   progress: Progress | None = None, target_nll: Tensor | None = None,
+                   after_chunk: Callable[[int, int, int], None] | None = None) -> ChunkedSums:
+    """Score a sliding plan chunk by chunk (`windows_by_chunk`), calling `after_chunk(i, n_chunks,
+    scored_upto)` after chunk i is scored. Without a callback this is sliding's score, split by TTT's
+    chunks: the same windows in the same batches as score-first TTT's scoring, so chunk 0 matches it."""
+    chunks = windows_by_chunk(windows, chunk_tokens)
+    sums: list[Sums] = []
+    scored_upto = 0  # the watermark: every target position up to here has been scored
+    for i, chunk in enumerate(chunks):
+        sums.append(scorer.score_into(tokens, chunk, target_nll, progress) if chunk else Sums(0.0, 0, 0))
+        scored_upto = max([scored_upto] + [w.end for w in chunk])
+        if after_chunk is not None:
+            after_chunk(i, len(chunks), scored_upto)
+    if target_nll is not None:
+        all_reduce_sum_(target_nll)
+    return ChunkedSums(sum(s.nll for s in sums), sum(s.tokens for s in sums), sum(s.bytes for s in sums), target_nll,
+                       [{"nll_sum": s.nll, "tokens": s.tokens, "bytes": s.bytes} for s in sums])
+
+
 def score_first_ttt(scorer: Scorer, tokens: Tokens, windows: Sequence[Window], cfg: TTTConfig,
                     params: Sequence[nn.Parameter], progress: Progress | None = None,
-                    per_target: bool = False) -> TTTResult:
+                    per_target: bool = False) -> ChunkedSums:
     """Score each chunk's windows with the current weights, then train `params` on that chunk.
 
     Mutates the model's weights: the caller restores them. requires_grad flags, train/eval mode
@@ -79,23 +99,17 @@ def score_first_ttt(scorer: Scorer, tokens: Tokens, windows: Sequence[Window], c
         problems.append("no parameters to train")
     if problems:
         raise ValueError("bad TTT settings: " + "; ".join(problems))
-    chunks = windows_by_chunk(windows, cfg.chunk_tokens)
     last_target = windows[-1].end
-    target_nll = new_target_buffer(windows, scorer.ctx) if per_target else None
     trainer = _ChunkTrainer(scorer, tokens, cfg, params, seq_len) if cfg.epochs > 0 else None
-    sums: list[Sums] = []
-    scored_upto = 0  # the watermark: every target position up to here has been scored
+
+    def train_on_chunk(i: int, n_chunks: int, scored_upto: int) -> None:
+        if trainer is not None and i < n_chunks - 1:
+            trainer.train(chunk_sequences(i, cfg.chunk_tokens, last_target, seq_len), scored_upto,
+                          ttt_lr(cfg.lr, i, n_chunks))
+
     with _training_only(scorer.model, params):
-        for i, chunk in enumerate(chunks):
-            sums.append(scorer.score_into(tokens, chunk, target_nll, progress) if chunk else Sums(0.0, 0, 0))
-            scored_upto = max([scored_upto] + [w.end for w in chunk])
-            if trainer is not None and i < len(chunks) - 1:
-                trainer.train(chunk_sequences(i, cfg.chunk_tokens, last_target, seq_len), scored_upto,
-                              ttt_lr(cfg.lr, i, len(chunks)))
-    if target_nll is not None:
-        all_reduce_sum_(target_nll)
-    return TTTResult(sum(s.nll for s in sums), sum(s.tokens for s in sums), sum(s.bytes for s in sums), target_nll,
-                     [{"nll_sum": s.nll, "tokens": s.tokens, "bytes": s.bytes} for s in sums])
+        return score_by_chunk(scorer, tokens, windows, cfg.chunk_tokens, progress,
+                              new_target_buffer(windows, scorer.ctx) if per_target else None, train_on_chunk)
 
 
 def ttt_lr(lr: float, chunk: int, n_chunks: int) -> float:

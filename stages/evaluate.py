@@ -32,7 +32,7 @@ from golfctl.model import ttt_parameters
 from golfctl.outputs import JSON, check_output_file
 from golfctl.progress import Progress, tee_stderr, utc_now
 from golfctl.scoring import Scorer, Sums, plain_windows, sliding_windows
-from golfctl.ttt import TTTConfig, TTTResult, score_first_ttt, warm_up
+from golfctl.ttt import ChunkedSums, TTTConfig, score_by_chunk, score_first_ttt, warm_up
 from golfctl.validation import load_validation_set
 from golfctl.weights import build_model, load_weights, refuse_non_finite
 
@@ -125,14 +125,16 @@ def _evaluate(cfg: EvalConfig, ctx: DistContext) -> dict:
     if cfg.plain:
         results["plain"] = _timed(ctx, "plain", tokens, lambda progress: scorer.score(
             tokens, plain_windows(tokens.size, seq_len), progress))
-    if cfg.sliding:
-        results["sliding"] = _timed(ctx, "sliding", tokens, lambda progress: scorer.score(
-            tokens, sliding_windows(tokens.size, seq_len, cfg.stride), progress))
+    windows = sliding_windows(tokens.size, seq_len, cfg.stride) if cfg.sliding or cfg.ttt else []
+    if cfg.sliding and cfg.ttt:  # per TTT chunk too, so that TTT's gain can be read chunk by chunk
+        results["sliding"] = _timed(ctx, "sliding", tokens, lambda progress: score_by_chunk(
+            scorer, tokens, windows, cfg.ttt_config.chunk_tokens, progress))
+    elif cfg.sliding:
+        results["sliding"] = _timed(ctx, "sliding", tokens, lambda progress: scorer.score(tokens, windows, progress))
     if cfg.ttt:
         with _weights_restored(model):  # nothing learned at test time persists
             results["ttt"] = _timed(ctx, "ttt", tokens, lambda progress: score_first_ttt(
-                scorer, tokens, sliding_windows(tokens.size, seq_len, cfg.stride), cfg.ttt_config, ttt_params,
-                progress))
+                scorer, tokens, windows, cfg.ttt_config, ttt_params, progress))
     if not cfg.max_val_tokens:
         _check_bytes(dataset.splits["val"].bytes, results)
     report = {
@@ -215,7 +217,7 @@ def _timed(ctx: DistContext, name: str, tokens, run: Callable[[Progress | None],
         progress.close()
     entry = {"val_loss": sums.loss, "val_bpb": sums.bpb, "tokens": sums.tokens, "bytes": sums.bytes,
              "seconds": seconds}
-    if isinstance(sums, TTTResult):
+    if isinstance(sums, ChunkedSums):
         entry["chunks"] = sums.chunks
     if not math.isfinite(sums.loss):  # ranks agree: the sums are all-reduced
         hint = "lower --ttt-lr or --ttt-grad-clip" if name == "ttt" else "check the weights with golfctl inspect"

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import json
 import sys
 import time
 from collections import Counter
@@ -22,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-from golfctl.artifact import (AUTO, CODEC_CHOICES, Float16Tensor, QuantizedTensor, decode_artifact, encode_artifact,
-                              write_artifact)
+from golfctl.artifact import (AUTO, CODEC_CHOICES, Float16Tensor, QuantizedTensor, Stored, decode_artifact,
+                              encode_artifact, write_artifact)
 from golfctl.budget import DEFAULT_BUDGET, Budget, OverBudget, budget_for, chain_settings
 from golfctl.calibration import calibration_batches, collect_hessians
 from golfctl.codec import entropy_bound_bytes
@@ -32,7 +34,8 @@ from golfctl.errors import UserError, refuse_problems
 from golfctl.gptq import (NotPositiveDefinite, dequantize, output_error, quantize_gptq, quantize_rtn, sdclip_scales,
                           weight_error)
 from golfctl.model import ROLES, Role, parameter_roles
-from golfctl.outputs import ARTIFACT, check_output_file
+from golfctl.fileio import atomic_write_bytes
+from golfctl.outputs import ARTIFACT, JSON, QUANTIZE_REPORT_FORMAT, check_output_file, quantize_report_path
 from golfctl.validation import check_model_tokenizer, load_validation_set, score_weights
 from golfctl.weights import Weights, build_model, load_weights, refuse_non_finite
 
@@ -95,6 +98,7 @@ class TensorReport:
     entropy_bytes: float
     weight_error: float = 0.0
     output_error: float = 0.0
+    rtn_errors: tuple[float, float] | None = None  # (weight, output) of round-to-nearest on the same grid, under GPTQ
 
 
 @dataclass
@@ -102,15 +106,22 @@ class Quantized:
     clip_sigmas: float
     data: bytes
     reports: list[TensorReport]
-    coded_bytes: dict[str, int]  # group → payload bytes of its coded integers (coded fp16 values for PASSTHROUGH)
-    scale_bytes: dict[str, int]  # group → payload bytes of its coded fp16 row scales
-    codecs: dict[str, str]  # tensor → the codecs it was stored with ("rows+split": integers + scales)
+    stored: dict[str, Stored]  # tensor → its codecs and payload bytes, read back from `data` (proving it decodes)
+    groups: dict[str, str]  # tensor → its report group
     budget: Budget  # this artifact + the train_gpt.py that reproduces it
+
+    def group_bytes(self, part: str) -> dict[str, int]:
+        """Payload bytes per report group of each tensor's "data_bytes" or "scale_bytes"."""
+        totals: dict[str, int] = {}
+        for name, stored in self.stored.items():
+            totals[self.groups[name]] = totals.get(self.groups[name], 0) + getattr(stored, part)
+        return totals
 
 
 def run_quantize(cfg: QuantizeConfig) -> dict:
     refuse_problems(cfg.problems())
     check_output_file(cfg.out, ARTIFACT, inputs=(cfg.model, cfg.data, cfg.tokenizer))
+    report_path = check_output_file(quantize_report_path(cfg.out), JSON, inputs=(cfg.model, cfg.data, cfg.tokenizer))
     weights = load_weights(cfg.model)
     refuse_non_finite(weights)
     _say(f"quantize: {cfg.model}: {weights.origin}")
@@ -137,14 +148,32 @@ def run_quantize(cfg: QuantizeConfig) -> dict:
             f"(model {budget.model_bytes:,} + code {budget.code_bytes:,}); raise --clip-sigmas "
             f"(now {result.clip_sigmas:g}), lower --bits / --embed-bits, or pass --fit; nothing was written")
     write_artifact(cfg.out, result.data)
-    _say(f"quantize: wrote {cfg.out} ({len(result.data):,} bytes, clip_sigmas {result.clip_sigmas:g})")
     summary = {"out": str(cfg.out), "artifact_bytes": len(result.data), "code_bytes": budget.code_bytes,
-               "total_bytes": budget.total, "clip_sigmas": result.clip_sigmas,
-               "tensors": {r.name: {"bits": r.bits, "weight_error": r.weight_error, "output_error": r.output_error}
-                           for r in result.reports if r.group != PASSTHROUGH}}
+               "total_bytes": budget.total, "clip_sigmas": result.clip_sigmas, "method": cfg.method,
+               "artifact_sha256": hashlib.sha256(result.data).hexdigest(), "tensors": _tensor_lines(result)}
+    atomic_write_bytes(report_path, (json.dumps({"format": QUANTIZE_REPORT_FORMAT, "version": 1, **summary},
+                                                indent=1) + "\n").encode())
+    _say(f"quantize: wrote {cfg.out} ({len(result.data):,} bytes, clip_sigmas {result.clip_sigmas:g}) and "
+         f"{report_path.name}")
     if cfg.evaluate:
         summary.update(_evaluate(weights, cfg))
     return summary
+
+
+def _tensor_lines(result: Quantized) -> dict[str, dict]:
+    """quantize.json's per-tensor entries: group, bits, values, errors (GPTQ's and RTN's under GPTQ;
+    none for fp16 tensors) and the stored bytes with their codecs."""
+    lines = {}
+    for r in result.reports:
+        stored = result.stored[r.name]
+        line = {"group": r.group, "bits": r.bits, "values": r.count, "codec": stored.describe(),
+                "data_bytes": stored.data_bytes, "scale_bytes": stored.scale_bytes}
+        if r.group != PASSTHROUGH:
+            line.update(weight_error=r.weight_error, output_error=r.output_error)
+            if r.rtn_errors is not None:
+                line.update(rtn_weight_error=r.rtn_errors[0], rtn_output_error=r.rtn_errors[1])
+        lines[r.name] = line
+    return lines
 
 
 def _report_group(role: Role) -> str:
@@ -166,22 +195,27 @@ def _quantize(weights: Weights, hessians: dict[str, torch.Tensor], roles: dict[s
         bits = cfg.embed_bits if embed else cfg.bits
         H = hessians[name].to(W.device)
         scales = sdclip_scales(W, bits, cfg.embed_clip_sigmas if embed else clip_sigmas)
-        q = _gptq(name, W, H, scales, bits, cfg.damp) if cfg.method == "gptq" else quantize_rtn(W, scales, bits)
-        W_hat = dequantize(q, scales)
+        rtn = quantize_rtn(W, scales, bits)
+        q = _gptq(name, W, H, scales, bits, cfg.damp) if cfg.method == "gptq" else rtn
         q_np = q.cpu().numpy()
         tensors.append(QuantizedTensor(name, tuple(W.shape), bits, q_np, scales.half().cpu().numpy()))
         reports.append(TensorReport(name, role.name, bits, W.numel(), entropy_bound_bytes(q_np),
-                                    weight_error(W, W_hat), output_error(W, W_hat, H)))
+                                    *_errors(W, dequantize(q, scales), H),
+                                    _errors(W, dequantize(rtn, scales), H) if q is not rtn else None))
     source = {"model_sha256": weights.sha256, "weights": weights.kind}
     meta = {"method": cfg.method, "bits": cfg.bits, "embed_bits": cfg.embed_bits, "clip_sigmas": clip_sigmas,
             "embed_clip_sigmas": cfg.embed_clip_sigmas, "damp": cfg.damp, "calib_batches": cfg.calib_batches,
             "calib_batch_seqs": cfg.calib_batch_seqs}
     config = dataclasses.asdict(weights.config)
     data = encode_artifact(tensors, cfg.codec, config, source, meta)
-    coded, scales, codecs = _payload_bytes(data, roles)
+    stored = decode_artifact(data, "the new artifact").stored
     # code bytes: the exported script with these settings and the default eval settings (not known yet)
     budget = budget_for(len(data), chain_settings(config, {**meta, "codec": cfg.codec}), cfg.budget)
-    return Quantized(clip_sigmas, data, reports, coded, scales, codecs, budget)
+    return Quantized(clip_sigmas, data, reports, stored, {r.name: r.group for r in reports}, budget)
+
+
+def _errors(W: torch.Tensor, W_hat: torch.Tensor, H: torch.Tensor) -> tuple[float, float]:
+    return weight_error(W, W_hat), output_error(W, W_hat, H)
 
 
 def _gptq(name: str, W: torch.Tensor, H: torch.Tensor, scales: torch.Tensor, bits: int, damp: float) -> torch.Tensor:
@@ -200,19 +234,6 @@ def _gptq(name: str, W: torch.Tensor, H: torch.Tensor, scales: torch.Tensor, bit
     except NotPositiveDefinite as exc:
         raise UserError(f"{name}: {exc}, even at damp {damp:g} after {DAMP_RAISES} raises; pass a larger --damp "
                         "or --method rtn") from None
-
-
-def _payload_bytes(data: bytes, roles: dict[str, Role]) -> tuple[dict[str, int], dict[str, int], dict[str, str]]:
-    """Coded and scale bytes per report group, and each tensor's codecs, read back from the artifact
-    (proving it decodes)."""
-    artifact = decode_artifact(data, "the new artifact")
-    coded: dict[str, int] = {}
-    scales: dict[str, int] = {}
-    for name, stored in artifact.stored.items():
-        group = _report_group(roles[name])
-        coded[group] = coded.get(group, 0) + stored.data_bytes
-        scales[group] = scales.get(group, 0) + stored.scale_bytes
-    return coded, scales, {name: stored.describe() for name, stored in artifact.stored.items()}
 
 
 def _fit(make, cfg: QuantizeConfig) -> Quantized:
@@ -249,17 +270,18 @@ def _report(result: Quantized, budget: Budget) -> None:
     _say(f"  {'group':<7}{'tensors':>8}{'values':>12}{'bits':>6}{'coded bytes':>14}{'entropy bound':>15}{'ratio':>8}"
          f"{'scale bytes':>13}")
     total_coded = total_bound = 0.0
+    coded_bytes, scale_bytes = result.group_bytes("data_bytes"), result.group_bytes("scale_bytes")
     for group in REPORT_GROUPS:
         rows = [r for r in result.reports if r.group == group]
         if not rows:
             continue
-        coded = result.coded_bytes.get(group, 0)
+        coded = coded_bytes.get(group, 0)
         bound = sum(r.entropy_bytes for r in rows)
         if group != PASSTHROUGH:
             total_coded, total_bound = total_coded + coded, total_bound + bound
         bits = "/".join(sorted({str(r.bits) for r in rows}))
         _say(f"  {group:<7}{len(rows):>8}{sum(r.count for r in rows):>12,}{bits:>6}{coded:>14,}{bound:>15,.0f}"
-             f"{coded / bound if bound else 0:>8.4f}{result.scale_bytes.get(group, 0):>13,}")
+             f"{coded / bound if bound else 0:>8.4f}{scale_bytes.get(group, 0):>13,}")
     if total_bound:
         _say(f"  total coded integers / entropy bound: {total_coded:,.0f} / {total_bound:,.0f} = "
              f"{total_coded / total_bound:.4f}")
@@ -268,8 +290,8 @@ def _report(result: Quantized, budget: Budget) -> None:
     for r in result.reports:
         if r.group != PASSTHROUGH:
             _say(f"  {r.name:<34} int{r.bits}  weight {r.weight_error:.4f}  output {r.output_error:.4f}  "
-                 f"{result.codecs[r.name]}")
-    passthrough = Counter(result.codecs[r.name] for r in result.reports if r.group == PASSTHROUGH)
+                 f"{result.stored[r.name].describe()}")
+    passthrough = Counter(result.stored[r.name].describe() for r in result.reports if r.group == PASSTHROUGH)
     if passthrough:
         _say("  fp16 tensors: " + ", ".join(f"{codec} ×{n}" for codec, n in sorted(passthrough.items())))
     _say("quantize: budget (code: the exported train_gpt.py, counted with the default eval settings)")

@@ -35,7 +35,7 @@ from golfctl.errors import UserError, refuse_problems
 from golfctl.fileio import append_line
 from golfctl.loader import TrainBatches, micro_batch
 from golfctl.model import GPT, parameter_groups, unet_layout
-from golfctl.optim import Optimizers, build_optimizers, lr_multiplier, muon_update
+from golfctl.optim import Optimizers, build_optimizers, lr_multiplier, muon_momentum, muon_update
 from golfctl.outputs import check_output_folder
 from golfctl.progress import format_duration, utc_now
 from golfctl.provenance import provenance
@@ -97,6 +97,7 @@ class _Trainer:
         self.stop_signal = 0
         self.loops = 0  # the loop count of the last step run (0: none yet)
         self.reported_recompiles = 0
+        self.phases_logged: set[str] = set()  # per process: after a resume, readers keep each phase's first record
         if run.resume:
             self._restore()
         self._say(select_attention(ctx.device))
@@ -132,6 +133,8 @@ class _Trainer:
         torch.set_rng_state(ckpt.tensors["rng"]["torch"])
         self.step, self.elapsed = ckpt.step, ckpt.elapsed_seconds
         self._say(f"train: resumed {self.ckpt_path} at step {self.step} ({format_duration(self.elapsed)} trained)")
+        # records a pre-empted run logged after this checkpoint are replayed from here: readers drop them
+        self._metrics({"kind": "resume", "step": self.step, "elapsed_s": self.elapsed})
 
     def _warm_up(self) -> None:
         """Compile before the clock: the timed loop's own step (`_train_step` on `micro_batch` views,
@@ -186,6 +189,7 @@ class _Trainer:
                 if cfg.train_seconds and self.elapsed >= cfg.train_seconds:
                     stopped = "wallclock"
                     break
+                self._log_phases(progress)
                 loops = self._loops(progress)
                 if loops != self.loops and loops > 1:
                     self._log_looping(loops, progress)
@@ -283,13 +287,25 @@ class _Trainer:
         self._say(f"step {self.step}/{self.cfg.iterations}  loss {value:.4f}  lr× {lr:.3f}  "
                   f"{tokens_per_s:,.0f} tok/s  elapsed {format_duration(self.elapsed)}  ETA {format_duration(eta)}")
         self._log(f"step:{self.step}/{self.cfg.iterations} train_loss:{value:.4f} {self._train_time()}")
-        self._metrics({"kind": "train", "step": self.step, "loss": value, "lr_mult": lr, "tokens_per_s": tokens_per_s,
+        self._metrics({"kind": "train", "step": self.step, "loss": value, "lr_mult": lr,
+                       "momentum": muon_momentum(self.step - 1, self.cfg), "tokens_per_s": tokens_per_s,
                        "elapsed_s": self.elapsed, "eta_s": eta, "progress": progress,
                        "recompiles": self.compiler.recompiles})
         if self.compiler.enabled and self.compiler.recompiles > self.reported_recompiles:
             self.reported_recompiles = self.compiler.recompiles
             self._say(f"train: warning: {self.reported_recompiles} graph(s) compiled after the warm-up, inside the "
                       "clock (TORCH_LOGS=recompiles names the guard that failed)")
+
+    def _log_phases(self, progress: float) -> None:
+        """A "phase" record at the first step of the warm-down and of the EMA's averaging (the
+        conditions lr_multiplier and _train_step apply), for plots."""
+        cfg = self.cfg
+        started = {"warmdown": progress > 1.0 - cfg.warmdown_frac,
+                   "ema": cfg.ema_decay > 0 and progress >= cfg.ema_start_frac}
+        for phase, now in started.items():
+            if now and phase not in self.phases_logged:
+                self.phases_logged.add(phase)
+                self._metrics({"kind": "phase", "phase": phase, "step": self.step, "progress": progress})
 
     def _log_looping(self, loops: int, progress: float) -> None:
         """The layer sequence from here on, in the record's log format (`layer_loop:enabled …`)."""

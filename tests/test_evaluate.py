@@ -46,6 +46,13 @@ def test_golden_scores_and_exact_bytes(tmp_path, model_and_artifact, small_datas
     chunks = results["ttt"]["chunks"]
     assert sum(c["tokens"] for c in chunks) == val.tokens - 1 and len(chunks) == 4
     assert chunks[0]["nll_sum"] > 0
+    # sliding, split by TTT's chunks: the same targets per chunk, and chunk 0 is scored by both
+    # before any update, in the same batches
+    sliding = results["sliding"]["chunks"]
+    assert [(c["tokens"], c["bytes"]) for c in sliding] == [(c["tokens"], c["bytes"]) for c in chunks]
+    assert sliding[0]["nll_sum"] == chunks[0]["nll_sum"]
+    assert sum(c["nll_sum"] for c in sliding) == pytest.approx(results["sliding"]["val_loss"] * (val.tokens - 1),
+                                                               rel=1e-12)
     golden("eval_scores.json", {"about": "eval of the fixture artifact with FAST settings on small_dataset",
                                 "results": {name: {key: round(results[name][key], 7) if key.startswith("val_") else
                                                    results[name][key] for key in ("val_loss", "val_bpb", "tokens", "bytes")}
@@ -58,6 +65,12 @@ def test_ttt_with_zero_epochs_equals_sliding(tmp_path, model_and_artifact, small
     report = run_eval(EvalConfig(model=model_and_artifact / "final.safetensors", data=small_dataset,
                                  out=tmp_path / "eval.json", plain=False, **{**FAST, "ttt_config": dataclasses.replace(FAST_TTT, epochs=0)}))
     assert report["results"]["ttt"]["val_loss"] == pytest.approx(report["results"]["sliding"]["val_loss"], abs=1e-12)
+    assert report["results"]["ttt"]["chunks"] == report["results"]["sliding"]["chunks"]
+    alone = run_eval(EvalConfig(model=model_and_artifact / "final.safetensors", data=small_dataset,
+                                out=tmp_path / "sliding.json", plain=False, **{**FAST, "ttt": False}))
+    assert "chunks" not in alone["results"]["sliding"]  # chunks are TTT's: without it, one plan
+    assert alone["results"]["sliding"]["val_loss"] == pytest.approx(report["results"]["sliding"]["val_loss"],
+                                                                      rel=1e-12)
 
 
 def test_artifact_equals_its_dequantized_model_file(tmp_path, model_and_artifact, small_dataset):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 
 import pytest
 import torch
@@ -45,15 +46,28 @@ def test_ema_finalize_writes_the_ema_weights(tmp_path, trained_run, final_model,
     assert result.returncode == 1 and "not a training checkpoint" in result.stderr
 
 
-def test_gptq_beats_rtn_on_every_matrix_of_a_trained_model(tmp_path, final_model, small_dataset):
-    errors = {}
-    for method in ("gptq", "rtn"):
-        summary = run_quantize(QuantizeConfig(model=final_model, data=small_dataset, out=tmp_path / f"{method}.bin",
-                                              method=method, calib_batches=4))
-        errors[method] = {name: t["output_error"] for name, t in summary["tensors"].items()}
-    assert errors["gptq"].keys() == errors["rtn"].keys()
-    for name in errors["gptq"]:
-        assert errors["gptq"][name] < 0.85 * errors["rtn"][name], name
+def test_gptq_beats_rtn_on_every_matrix_and_quantize_json_records_both(tmp_path, final_model, small_dataset):
+    summaries = {method: run_quantize(QuantizeConfig(model=final_model, data=small_dataset,
+                                                     out=tmp_path / f"{method}.bin", method=method, calib_batches=4))
+                 for method in ("gptq", "rtn")}
+    report = json.loads((tmp_path / "gptq.quantize.json").read_text())
+    assert report["tensors"] == summaries["gptq"]["tensors"]
+    assert report["artifact_sha256"] == hashlib.sha256((tmp_path / "gptq.bin").read_bytes()).hexdigest()
+    artifact = read_artifact(tmp_path / "gptq.bin")
+    matrices = {name for name, t in report["tensors"].items() if t["group"] != "fp16"}
+    assert matrices == {name for name, t in artifact.tensors.items() if isinstance(t, QuantizedTensor)}
+    for name, line in report["tensors"].items():
+        stored = artifact.stored[name]
+        assert (line["data_bytes"], line["scale_bytes"], line["codec"]) == (
+            stored.data_bytes, stored.scale_bytes, stored.describe())
+    rtn = summaries["rtn"]["tensors"]
+    for name in matrices:
+        gptq = report["tensors"][name]
+        # GPTQ's report carries RTN's errors on the same grid: the --method rtn artifact's own
+        assert gptq["rtn_output_error"] == pytest.approx(rtn[name]["output_error"], rel=1e-9), name
+        assert gptq["rtn_weight_error"] == pytest.approx(rtn[name]["weight_error"], rel=1e-9), name
+        assert "rtn_output_error" not in rtn[name]
+        assert gptq["output_error"] < 0.85 * gptq["rtn_output_error"], name
 
 
 def test_golden_artifact_and_exact_round_trip(tmp_path, final_model, small_dataset, golden):
