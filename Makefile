@@ -15,7 +15,11 @@ PRESET ?= tiny
 NPROC ?= 1
 TRAIN_ARGS ?=
 RESUME ?=
-QUANT_ARGS ?=
+# The 2026-04-27 record's quantization (stages/quantize.py's docstring), the default with PRESET=frontier.
+FRONTIER_QUANT_ARGS := --embed-bits 7 --embed-clip-sigmas 14 --mlp-clip-sigmas 11.5 --attn-clip-sigmas 13 \
+	--clip-sigmas 12.85 --calib-batches 16 --calib-batch-seqs 48 --gate-bits 8 --lqer-top-k 3 --lqer-rank 4 \
+	--lqer-asym --lqer-group 64 --lqer-factor-bits 4
+QUANT_ARGS ?= $(if $(filter frontier,$(PRESET)),$(FRONTIER_QUANT_ARGS))
 EVAL_ARGS ?= --ttt
 RUN := $(OUT)/run
 # DATA: a dataset folder to use instead of tokenizing CORPUS (e.g. the official fineweb10B_sp1024);

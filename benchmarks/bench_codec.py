@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from golfctl.artifact import (AUTO, PREFIX_BYTES, Float16Tensor, QuantizedTensor, decode_artifact,
+from golfctl.artifact import (AUTO, LQER_SUFFIX, PREFIX_BYTES, Float16Tensor, QuantizedTensor, decode_artifact,
                               dequantized_state, encode_artifact, read_artifact)
 from golfctl.codec import entropy_bound_bytes
 from golfctl.config import TrainConfig, resolve_config
@@ -86,7 +86,8 @@ def main() -> int:
 
 
 def reencode(artifact) -> bytes:
-    data = encode_artifact(list(artifact.tensors.values()), AUTO, artifact.config, artifact.source, artifact.meta)
+    data = encode_artifact([*artifact.tensors.values(), *artifact.corrections.values()], AUTO, artifact.config,
+                           artifact.source, artifact.meta)
     before, after = dequantized_state(artifact), dequantized_state(decode_artifact(data, "re-encoded"))
     if before.keys() != after.keys() or not all(torch.equal(before[k], after[k]) for k in before):
         raise SystemExit("bench_codec: the re-encoded artifact does not dequantize to the same state")
@@ -96,13 +97,19 @@ def reencode(artifact) -> bytes:
 def print_parts(ours, artifact) -> None:
     """Bytes by part: golfctl (this version) against brotli on each part alone."""
     ints = {n for n, t in artifact.tensors.items() if isinstance(t, QuantizedTensor)}
+    fp16 = set(artifact.tensors) - ints
+    factors = [f for c in artifact.corrections.values() for f in (c.a, c.b)]
     parts = {"integers": sum(ours.stored[n].data_bytes for n in ints),
              "scales": sum(ours.stored[n].scale_bytes for n in ints),
-             "fp16 tensors": sum(s.data_bytes for n, s in ours.stored.items() if n not in ints)}
+             "fp16 tensors": sum(ours.stored[n].data_bytes for n in fp16),
+             "LQER factors": sum(ours.stored[n + LQER_SUFFIX].total_bytes for n in artifact.corrections)}
     parts["header+prefix"] = PREFIX_BYTES + ours.header_bytes
     raw = {"integers": b"".join(artifact.tensors[n].q.tobytes() for n in ints),
            "scales": b"".join(artifact.tensors[n].scales.tobytes() for n in ints),
-           "fp16 tensors": b"".join(np.asarray(t.values).tobytes() for n, t in artifact.tensors.items() if n not in ints)}
+           "fp16 tensors": b"".join(np.asarray(artifact.tensors[n].values).tobytes() for n in fp16),
+           "LQER factors": b"".join(f.q.tobytes() + f.scales.tobytes() for f in factors)}
+    if not factors:
+        del parts["LQER factors"], raw["LQER factors"]
     print("  by part (brotli: byte-shuffle + brotli-11 of the part's raw bytes, no pickle around them)")
     print(f"  {'part':<16}{'golfctl':>12}{'brotli':>12}")
     for part, size in parts.items():
@@ -167,6 +174,11 @@ def record_layout_bytes(artifact) -> bytes:
         else:
             weights[name] = torch.from_numpy(np.asarray(tensor.values, dtype=np.float16).reshape(tensor.shape))
             meta[name] = "passthrough (float16)"
+    for name, correction in artifact.corrections.items():  # the 04-27 record keeps LQER's A and B the same way
+        for part, factor in (("lqer_a", correction.a), ("lqer_b", correction.b)):
+            weights[f"{name}.{part}.q"] = torch.from_numpy(factor.q.astype(np.int8))
+            weights[f"{name}.{part}.scale"] = torch.from_numpy(factor.scales.astype(np.float16))
+        meta[name] = f"gptq (int{artifact.tensors[name].bits}) + lqer"
     return torch_save({"w": weights, "m": meta})
 
 
@@ -183,6 +195,8 @@ def order0_bytes(artifact) -> int:
             total += entropy_bound_bytes(tensor.q) + 2 * tensor.scales.size
         else:
             total += 2 * int(np.prod(tensor.shape))
+    for correction in artifact.corrections.values():
+        total += sum(entropy_bound_bytes(f.q) + 2 * f.scales.size for f in (correction.a, correction.b))
     return int(np.ceil(total))
 
 

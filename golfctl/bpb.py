@@ -4,6 +4,16 @@ Each target token is worth the UTF-8 bytes of its piece without the leading `▁
 byte for that `▁` unless the previous token is a boundary; byte-fallback pieces are worth 1;
 control, unknown and unused pieces are worth 0 and are boundaries. The leading space is
 counted in exactly one place (`target_bytes`), never in the table as well.
+
+A CaseOps dataset (golfctl/caseops.py) is tokenized from transformed text, so the rule would count
+the transformed text's bytes. Its validation split carries a byte sidecar instead (`SidecarBytes`):
+target position t is worth sidecar[t], the original text's UTF-8 bytes its token stands for (0 for
+BOS and the case operators), as the 2026-04-27 record counts them (its train_gpt.py `eval_val`:
+`val_bytes[raw_start + 1 : raw_end]` beside targets `tokens[raw_start + 1 : raw_end]`).
+
+Scoring reads bytes through `row_bytes(x, y, first_targets)` of the device-side counter
+(`TorchByteTables` or `TorchSidecarBytes`, made by `.on(device)`), which has what either needs: the
+tokens, and each row's position in the stream.
 """
 
 from __future__ import annotations
@@ -57,6 +67,26 @@ class ByteTables:
             return 0
         return int(self.target_bytes(tokens[:-1], tokens[1:]).sum())
 
+    def on(self, device) -> "TorchByteTables":
+        return TorchByteTables(self, device)
+
+
+@dataclass(frozen=True)
+class SidecarBytes:
+    """Bytes per stream position from a byte sidecar (module docstring): target position t is worth
+    bytes[t] whatever the tokens are."""
+
+    bytes: np.ndarray  # (n,) uint16, aligned with the token stream it was made with
+
+    def stream_bytes(self, tokens: np.ndarray) -> int:
+        """Total bytes of every target of `tokens`, the first len(tokens) positions of the sidecar's stream."""
+        if len(tokens) > self.bytes.size:
+            raise ValueError(f"a stream of {len(tokens)} tokens is longer than the sidecar's {self.bytes.size}")
+        return int(self.bytes[1:len(tokens)].sum(dtype=np.int64))
+
+    def on(self, device) -> "TorchSidecarBytes":
+        return TorchSidecarBytes(self, device)
+
 
 def bits_per_byte(nll_sum_nats: float, n_bytes: int) -> float:
     """(Σ nll / ln 2) / Σ bytes, with the sums taken in float64 by the caller."""
@@ -77,3 +107,28 @@ class TorchByteTables:
 
     def target_bytes(self, prev_ids, target_ids):
         return self.base_bytes[target_ids] + (self.leading_space[target_ids] & ~self.boundary[prev_ids])
+
+    def row_bytes(self, x, y, first_targets):
+        """(rows, T) bytes of targets y (rows, T) after inputs x; the rule needs no positions (`first_targets`)."""
+        return self.target_bytes(x, y)
+
+
+class TorchSidecarBytes:
+    """A byte sidecar on a torch device (int32: torch indexes no uint16), for counting bytes next to the loss."""
+
+    def __init__(self, sidecar: SidecarBytes, device):
+        import torch
+
+        self.bytes = torch.as_tensor(sidecar.bytes.astype(np.int32), device=device)
+
+    def row_bytes(self, x, y, first_targets):
+        """(rows, T) bytes of the targets of rows whose first target is at stream position first_targets (rows,).
+        A position past the stream (a padded or filler row, warm-up's random stream) reads the last entry:
+        the caller scores none of them."""
+        import torch
+
+        positions = first_targets[:, None] + torch.arange(y.shape[1], device=first_targets.device)
+        return self.bytes[positions.clamp_(max=self.bytes.numel() - 1)]
+
+
+TargetBytes = TorchByteTables | TorchSidecarBytes  # what scoring counts bytes with

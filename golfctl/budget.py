@@ -17,7 +17,8 @@ DEFAULT_BUDGET = 16_000_000
 # What the chain needs besides the training config: the quantize stage's and the eval stage's
 # settings, as the artifact's `meta` (+ codec) and eval.json's `settings` record them.
 QUANTIZE_KEYS = ("method", "bits", "embed_bits", "clip_sigmas", "embed_clip_sigmas", "codec", "damp", "calib_batches",
-                 "calib_batch_seqs")
+                 "calib_batch_seqs", "mlp_clip_sigmas", "attn_clip_sigmas", "gate_bits", "lqer_top_k", "lqer_rank",
+                 "lqer_asym", "lqer_group", "lqer_factor_bits")
 EVAL_KEYS = ("seq_len", "stride", "batch_seqs", "plain", "sliding", "ttt", "eval_loops", "compile", "compile_backend")
 # The eval settings counted before an eval has run (quantize's budget line): the eval stage's
 # defaults with score-first TTT, the challenge's score.

@@ -21,6 +21,9 @@ from golfctl.errors import UserError
 
 MLP_ACTIVATIONS = ("relu2", "leaky_relu2")
 COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")
+# Newton–Schulz coefficient schedules (golfctl.optim.ns_coefficients); polar_express has tuples for 5 steps
+NS_SCHEDULES = ("quintic", "polar_express")
+POLAR_EXPRESS_STEPS = 5
 # Keys that may change when a run resumes: they alter logging, saving and the compile warm-up,
 # never the weights. Every other key is part of what the run computes.
 RUN_CONTROL_KEYS = frozenset({"log_every", "val_every", "val_max_tokens", "checkpoint_every", "compile_warmup_steps"})
@@ -59,6 +62,17 @@ class ModelConfig:
     ln_scale: bool = _key(False, "multiply each block's branch inputs norm(x) by 1/sqrt(layer + 1)")
     skip_gates: bool = _key(False, "U-Net skips mix in by a learned sigmoid gate instead of being added")
     ortho_init: bool = _key(False, "orthogonal init of the non-zero-init block matrices with both sides >= 64")
+    smear_gate: bool = _key(False, "SmearGate: emb_t += λ·σ(W·emb_t[:gate_window])·emb_{t−1} before the "
+                                   "embedding's norm, skipped where token t is BOS; λ and W start at 0")
+    attn_gate: bool = _key(False, "sparse attention output gate: head h's output × σ(attn_gate_scale·W_h·"
+                                  "x[:gate_window]), x the attention's input; W starts at 0")
+    attn_gate_scale: float = _key(1.0, "the sparse attention gate's pre-sigmoid scale")
+    gate_window: int = _key(12, "leading residual dims that drive the smear and attention gates")
+    two_lane_start: int = _key(-1, "decoder blocks from this layer index on run two lanes: attention reads lane 0, "
+                                   "the MLP lane 1, with learned residual and post scales; the output is their mean; "
+                                   "-1 = none")
+    doc_max_len: int = _key(0, "attention only within documents: segments start at each BOS and every doc_max_len "
+                               "tokens after it; 0 = causal attention over the whole row")
 
     @property
     def head_dim(self) -> int:
@@ -102,6 +116,28 @@ class ModelConfig:
                          f"< num_layers ({self.num_layers}); -1/-1 loops the whole stack")
         if self.parallel_start < -1 or self.parallel_start >= self.num_layers:
             p.append(f"parallel_start must be -1 or a layer index below num_layers, got {self.parallel_start}")
+        p += self._frontier_problems()
+        return p
+
+    def _frontier_problems(self) -> list[str]:
+        p = []
+        if (self.smear_gate or self.attn_gate) and not 1 <= self.gate_window <= self.model_dim:
+            p.append(f"gate_window must be in 1..model_dim ({self.model_dim}), got {self.gate_window}")
+        if self.doc_max_len < 0:
+            p.append(f"doc_max_len must be >= 0, got {self.doc_max_len}")
+        if self.two_lane_start == -1:
+            return p
+        if not 0 <= self.two_lane_start < self.num_layers:
+            p.append(f"two_lane_start must be -1 or a layer index below num_layers, got {self.two_lane_start}")
+        if self.parallel_start != -1:
+            p.append("parallel_start and two_lane_start are two different parallel decoders; set one of them to -1")
+        # once the lanes start, every later block must be a two-lane block: no looped block may follow one
+        if self.loop_start == -1 and max(self.num_loops, self.eval_loops) > 1:
+            p.append("two_lane_start needs loop_start..loop_end when the stack loops (a looped whole stack would "
+                     "run one-lane blocks after two-lane ones)")
+        elif self.loop_start != -1 and self.two_lane_start <= self.loop_end:
+            p.append(f"two_lane_start ({self.two_lane_start}) must be above loop_end ({self.loop_end}): a looped "
+                     "block would run after the lanes start")
         return p
 
 
@@ -126,6 +162,8 @@ class TrainConfig(ModelConfig):
     warmup_steps: int = _key(0, "linear learning-rate warm-up")
     warmdown_frac: float = _key(0.2, "linear decay over the last fraction of the run (steps or time budget)")
     min_lr_frac: float = _key(0.0, "learning-rate floor, as a fraction of each group's rate")
+    min_lr_clamp: bool = _key(False, "warm-down max(linear to 0, min_lr_frac) (the 04-27 record) instead of linear "
+                                     "from 1 to min_lr_frac")
     enable_looping_at: float = _key(0.0, "run the loops only once this fraction of the run has passed")
     compile: bool = _key(True, "torch.compile the model and Newton–Schulz (any device; eval follows it by default)")
     compile_backend: str = _key("inductor", "inductor; aot_eager compiles in seconds (same graphs and guards)")
@@ -145,8 +183,15 @@ class TrainConfig(ModelConfig):
     muon_momentum_warmup_steps: int = _key(500, "steps of the Muon momentum warm-up; 0 = none")
     muon_backend_steps: int = _key(5, "Newton–Schulz iterations")
     muon_row_norm: bool = _key(False, "MuonEq-R: unit-norm rows of the momentum direction before Newton–Schulz")
+    muon_ns_coeffs: str = _key("quintic", "Newton–Schulz coefficients: quintic (3.4445, −4.7750, 2.0315) at every "
+                                          "step, or polar_express: one tuple per step (at most 5)")
+    muon_bf16_momentum: bool = _key(False, "round each gradient to bfloat16 and keep Muon's momentum and "
+                                           "direction in bfloat16 (the 2026-04-27 record)")
     muon_weight_decay: float = _key(0.0, "Muon decoupled weight decay")
     grad_clip_norm: float = _key(0.0, "clip the global gradient norm to this; 0 = no clipping")
+    train_packed_rows: bool = _key(False, "each micro-batch is one row of train_batch_tokens / grad_accum tokens "
+                                          "(documents packed end to end; doc_max_len keeps attention inside each) "
+                                          "instead of rows of train_seq_len")
 
     def problems(self) -> list[str]:
         p = super().problems()
@@ -164,12 +209,22 @@ class TrainConfig(ModelConfig):
                   "muon_weight_decay", "val_every", "val_max_tokens", "checkpoint_every", "warmup_steps",
                   "compile_warmup_steps", "muon_momentum_warmup_steps", "grad_clip_norm")
         p += [f"{k} must be >= 0, got {getattr(self, k)}" for k in nonneg if getattr(self, k) < 0]
+        if self.muon_ns_coeffs not in NS_SCHEDULES:
+            p.append(f"muon_ns_coeffs must be one of {NS_SCHEDULES}, got {self.muon_ns_coeffs!r}")
+        elif self.muon_ns_coeffs == "polar_express" and self.muon_backend_steps > POLAR_EXPRESS_STEPS:
+            p.append(f"muon_backend_steps must be at most {POLAR_EXPRESS_STEPS} with polar_express coefficients "
+                     f"(one tuple per step), got {self.muon_backend_steps}")
         if self.compile_backend not in COMPILE_BACKENDS:
             p.append(f"compile_backend must be one of {COMPILE_BACKENDS}, got {self.compile_backend!r}")
         if self.gptq_reserve_seconds and not 0 < self.gptq_reserve_seconds < self.max_wallclock_seconds:
             p.append(f"gptq_reserve_seconds {self.gptq_reserve_seconds} must be below max_wallclock_seconds "
                      f"{self.max_wallclock_seconds} (it is carved out of that cap)")
         return p
+
+    @property
+    def train_row_len(self) -> int:
+        """Tokens per training row: the whole micro-batch when packed, else train_seq_len."""
+        return self.train_batch_tokens // self.grad_accum if self.train_packed_rows else self.train_seq_len
 
     @property
     def train_seconds(self) -> float:

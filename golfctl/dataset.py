@@ -1,11 +1,21 @@
 """Dataset folders: shards of both splits, the tokenizer and `manifest.json`.
 
-A golfctl dataset folder holds `manifest.json` (format `golfctl.dataset`, version 1),
-`tokenizer.model` and `fineweb_{train,val}_NNNNNN.bin`. The manifest lists the tokenizer's
-sha256 and vocab size, documents/tokens/bytes per split and every shard with its token
-count and sha256. An official challenge folder (shards only, no manifest) is accepted too;
-its tokenizer then comes from elsewhere: `--tokenizer`, or where the challenge's download script
-(openai/parameter-golf data/cached_challenge_fineweb.py) puts it, found by `find_official_tokenizer`.
+A golfctl dataset folder holds `manifest.json` (format `golfctl.dataset`), `tokenizer.model` and
+`fineweb_{train,val}_NNNNNN.bin`. The manifest lists the tokenizer's sha256 and vocab size,
+documents/tokens/bytes per split and every shard with its token count and sha256.
+
+Manifest version 2 adds CaseOps (golfctl/caseops.py): `"text_transform": "lossless_caps_caseops_v1"`
+(the documents were transformed before tokenizing) and, on the val split, `"byte_sidecar": {"format":
+"golfctl.token_bytes", "version": 1, "shards": [{file, tokens, sha256}, …]}`, the original text's bytes
+per token (golfctl/shards.py), whose sum is the split's "bytes". A dataset without either is written as
+version 1, which golfctl has always read; both versions are read.
+
+An official challenge folder (shards only, no manifest) is accepted too; its tokenizer then comes
+from elsewhere: `--tokenizer`, or where the challenge's download script (openai/parameter-golf
+data/cached_challenge_fineweb.py) puts it, found by `find_official_tokenizer`. The 2026-04-27
+record's CaseOps folder, fineweb10B_sp{V}_lossless_caps_caseops_v1_reserved, holds its val sidecar
+as fineweb_val_bytes_NNNNNN.bin beside the shards; its tokenizer is
+tokenizers/fineweb_{V}_bpe_lossless_caps_caseops_v1_reserved.model.
 
 Loading a split's shards (`Split.load_tokens`, `Split.load_shards`) checks each against the
 manifest's sha256 and every id against the vocabulary, in the pass that reads it (golfctl/shards.py);
@@ -23,18 +33,35 @@ from pathlib import Path
 
 import numpy as np
 
+from golfctl.caseops import CASEOPS
 from golfctl.errors import UserError
 from golfctl.fileio import sha256_bytes, sha256_file
-from golfctl.shards import SPLITS, TOKEN_DTYPE, load_shard, map_shards, read_shard, read_shard_header
+from golfctl.shards import (
+    SIDECAR_FORMAT,
+    SIDECAR_VERSION,
+    SPLITS,
+    TOKEN_DTYPE,
+    load_shard,
+    map_shards,
+    read_shard,
+    read_shard_header,
+    shard_paths,
+    sidecar_stream,
+)
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "golfctl.dataset"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
+PLAIN_MANIFEST_VERSION = 1  # what a dataset without text transform or sidecar is written as
+TEXT_TRANSFORMS = (CASEOPS,)
 TOKENIZER_NAME = "tokenizer.model"
 # The challenge's layout: data/manifest.json, data/datasets/fineweb10B_sp{V}/ and
-# data/tokenizers/fineweb_{V}_bpe.model (.vocab beside it).
+# data/tokenizers/fineweb_{V}_bpe.model (.vocab beside it); the 2026-04-27 record's CaseOps data:
+# data/datasets/fineweb10B_sp{V}_lossless_caps_caseops_v1_reserved/ and
+# data/tokenizers/fineweb_{V}_bpe_lossless_caps_caseops_v1_reserved.model.
 CHALLENGE_MANIFEST_NAME = "manifest.json"
-OFFICIAL_FOLDER_VOCAB = re.compile(r"fineweb\w*_sp(\d+)")
+CASEOPS_FOLDER_SUFFIX = f"_{CASEOPS}_reserved"
+OFFICIAL_FOLDER = re.compile(rf"fineweb\w*?_sp(\d+)({re.escape(CASEOPS_FOLDER_SUFFIX)})?")
 
 
 @dataclass(frozen=True)
@@ -49,10 +76,13 @@ class Split:
     name: str
     shards: tuple[Shard, ...]
     docs: int | None
-    bytes: int | None  # UTF-8 bytes of the split's targets by the BPB rule (golfctl datasets only)
+    # UTF-8 bytes of the split's targets (golfctl datasets only): by the BPB rule, or the sidecar's sum
+    bytes: int | None
     # ids must lie below it: the manifest's tokenizer vocab, an official folder's fineweb10B_sp{V}, else unknown
     vocab_size: int | None = None
     verify: bool = True  # check each shard's sha256 (when the manifest records one) as it is loaded
+    # the byte sidecar's shards (golfctl/shards.py), as many entries in all as the split has tokens; None: none
+    sidecar: tuple[Shard, ...] | None = None
 
     @property
     def tokens(self) -> int:
@@ -69,6 +99,21 @@ class Split:
             read_shard(shard.path, out[starts[i]:starts[i + 1]], *self._checks(shard, vocab_size))
 
         map_shards(load, len(self.shards))
+        return out
+
+    def load_target_bytes(self) -> np.ndarray | None:
+        """The byte sidecar as one (tokens,) uint16 array, aligned with `load_tokens`: entry t is what target
+        position t is worth in BPB. None for a split without a sidecar (its bytes follow the BPB rule)."""
+        if self.sidecar is None:
+            return None
+        out = np.empty(self.tokens, dtype=TOKEN_DTYPE)
+        starts = np.cumsum([0] + [s.tokens for s in self.sidecar])
+
+        def load(i: int) -> None:
+            shard = self.sidecar[i]
+            read_shard(shard.path, out[starts[i]:starts[i + 1]], shard.sha256 if self.verify else None)
+
+        map_shards(load, len(self.sidecar))
         return out
 
     def load_shards(self, vocab_size: int | None = None) -> list[np.ndarray]:
@@ -114,6 +159,14 @@ class Dataset:
         return self.manifest["tokenizer"]["vocab_size"] if self.manifest else None
 
     @property
+    def text_transform(self) -> str | None:
+        """CASEOPS when the documents were case-transformed before tokenizing (the manifest's, or an official
+        folder's name), else None."""
+        if self.manifest is not None:
+            return self.manifest.get("text_transform")
+        return official_folder_transform(self.root)
+
+    @property
     def tokenizer_sha256(self) -> str | None:
         return self.manifest["tokenizer"]["sha256"] if self.manifest else None
 
@@ -146,7 +199,8 @@ def find_official_tokenizer(root: Path, vocab_size: int | None = None) -> Tokeni
        "datasets" whose "name" is NAME gives a "tokenizer_name"; that entry of "tokenizers"
        gives "model_path", relative to data/ (or absolute).
     2. Else data/tokenizers/fineweb_{V}_bpe.model, V from NAME (fineweb10B_sp{V}), else from the
-       manifest's dataset entry ("vocab_size"), else `vocab_size` (the model's).
+       manifest's dataset entry ("vocab_size"), else `vocab_size` (the model's); for a CaseOps folder
+       (fineweb10B_sp{V}_lossless_caps_caseops_v1_reserved), fineweb_{V}_bpe_lossless_caps_caseops_v1_reserved.model.
     A named file that does not exist is passed over (and listed in `looked_at`).
     """
     given = Path(root)
@@ -170,7 +224,8 @@ def find_official_tokenizer(root: Path, vocab_size: int | None = None) -> Tokeni
         looked_at.append(f"{shown(data / 'tokenizers')}/fineweb_V_bpe.model (V unknown: the folder is not named "
                          "fineweb10B_sp{V})")
         return TokenizerSearch(None, "", tuple(looked_at))
-    conventional = data / "tokenizers" / f"fineweb_{vocab}_bpe.model"
+    suffix = CASEOPS_FOLDER_SUFFIX if official_folder_transform(folder) else ""
+    conventional = data / "tokenizers" / f"fineweb_{vocab}_bpe{suffix}.model"
     looked_at.append(str(shown(conventional)))
     if conventional.is_file():
         return TokenizerSearch(shown(conventional), f"the challenge's layout for vocab {vocab}", tuple(looked_at))
@@ -178,9 +233,16 @@ def find_official_tokenizer(root: Path, vocab_size: int | None = None) -> Tokeni
 
 
 def official_folder_vocab(root: Path) -> int | None:
-    """V of an official folder named as the challenge names them (fineweb10B_sp{V}); None otherwise."""
-    match = OFFICIAL_FOLDER_VOCAB.fullmatch(Path(os.path.abspath(root)).name)
+    """V of an official folder named as the challenge names them (fineweb10B_sp{V}, or the CaseOps
+    fineweb10B_sp{V}_lossless_caps_caseops_v1_reserved); None otherwise."""
+    match = OFFICIAL_FOLDER.fullmatch(Path(os.path.abspath(root)).name)
     return int(match.group(1)) if match else None
+
+
+def official_folder_transform(root: Path) -> str | None:
+    """CASEOPS for an official CaseOps folder (fineweb10B_sp{V}_lossless_caps_caseops_v1_reserved), else None."""
+    match = OFFICIAL_FOLDER.fullmatch(Path(os.path.abspath(root)).name)
+    return CASEOPS if match and match.group(2) else None
 
 
 def _challenge_manifest_entries(path: Path, name: str) -> tuple[dict | None, str | None]:
@@ -236,7 +298,8 @@ def open_dataset(root: str | Path, verify: bool = True) -> Dataset:
         splits = {name: _split_from_manifest(root, name, manifest, verify) for name in SPLITS}
     else:
         manifest = None
-        splits = {name: _split_from_glob(root, name, official_folder_vocab(root)) for name in SPLITS}
+        splits = {name: _split_from_glob(root, name, official_folder_vocab(root), official_folder_transform(root))
+                  for name in SPLITS}
         if not any(split.shards for split in splits.values()):
             raise UserError(
                 f"{root} holds no manifest.json and no fineweb_train_*.bin / fineweb_val_*.bin shards; "
@@ -253,24 +316,63 @@ def read_manifest(path: Path) -> dict:
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
         raise UserError(f"{path} is not a golfctl dataset manifest (format {found!r}, expected {MANIFEST_FORMAT!r})")
-    if manifest.get("version") != MANIFEST_VERSION:
+    if manifest.get("version") not in (PLAIN_MANIFEST_VERSION, MANIFEST_VERSION):
         raise UserError(
-            f"{path} has manifest version {manifest.get('version')!r}; this golfctl reads version "
-            f"{MANIFEST_VERSION}: re-create the dataset with this golfctl's `tokenize`"
+            f"{path} has manifest version {manifest.get('version')!r}; this golfctl reads versions "
+            f"{PLAIN_MANIFEST_VERSION} and {MANIFEST_VERSION}: re-create the dataset with this golfctl's `tokenize`"
         )
     try:
         for name in SPLITS:
-            for entry in manifest["splits"][name]["shards"]:
+            for entry in _shard_entries(manifest, name):
                 _ = (entry["file"], int(entry["tokens"]), entry["sha256"])
         _ = (int(manifest["tokenizer"]["vocab_size"]), manifest["tokenizer"]["sha256"])
     except (KeyError, TypeError, ValueError) as exc:
         raise UserError(f"{path} is missing or has a malformed field ({exc}); re-create the dataset") from None
+    _check_version_2_fields(path, manifest)
     return manifest
 
 
+def _shard_entries(manifest: dict, split: str) -> list:
+    """The manifest's shard entries of `split`: its token shards, then its sidecar's if it has one."""
+    info = manifest["splits"][split]
+    return info["shards"] + (info["byte_sidecar"]["shards"] if "byte_sidecar" in info else [])
+
+
+def _check_version_2_fields(path: Path, manifest: dict) -> None:
+    """A known text transform and sidecar format, neither in a version-1 manifest, and a CaseOps val split
+    with its sidecar (else its bytes would be the transformed text's)."""
+    sidecars = [manifest["splits"][name]["byte_sidecar"] for name in SPLITS
+                if "byte_sidecar" in manifest["splits"][name]]
+    transform = manifest.get("text_transform")
+    if manifest["version"] == PLAIN_MANIFEST_VERSION and (sidecars or transform is not None):
+        raise UserError(f"{path} is version {PLAIN_MANIFEST_VERSION} but has a text transform or byte sidecar, "
+                        "which version 1 does not have; re-create the dataset with `golfctl tokenize`")
+    if transform is not None and transform not in TEXT_TRANSFORMS:
+        raise UserError(f"{path} names text transform {transform!r}, which this golfctl does not know (it knows "
+                        f"{', '.join(TEXT_TRANSFORMS)}); re-create the dataset with this golfctl's `tokenize`")
+    if transform is not None and "byte_sidecar" not in manifest["splits"]["val"]:
+        raise UserError(f"{path} names text transform {transform} but lists no validation byte sidecar, without "
+                        "which bits per byte cannot be counted on the original text; re-create the dataset with "
+                        "`golfctl tokenize --case-ops`")
+    for sidecar in sidecars:
+        if sidecar.get("format") != SIDECAR_FORMAT or sidecar.get("version") != SIDECAR_VERSION:
+            raise UserError(f"{path} has a byte sidecar of format {sidecar.get('format')!r} version "
+                            f"{sidecar.get('version')!r}; this golfctl reads {SIDECAR_FORMAT!r} version "
+                            f"{SIDECAR_VERSION}: re-create the dataset with this golfctl's `tokenize`")
+
+
 def _split_from_manifest(root: Path, name: str, manifest: dict, verify: bool) -> Split:
+    info = manifest["splits"][name]
+    shards = _listed_shards(root, info["shards"])
+    sidecar = _listed_shards(root, info["byte_sidecar"]["shards"]) if "byte_sidecar" in info else None
+    _check_sidecar_length(root, name, shards, sidecar)
+    return Split(name, shards, info.get("docs"), info.get("bytes"), int(manifest["tokenizer"]["vocab_size"]),
+                 verify, sidecar)
+
+
+def _listed_shards(root: Path, entries: list[dict]) -> tuple[Shard, ...]:
     shards = []
-    for entry in manifest["splits"][name]["shards"]:
+    for entry in entries:
         path = root / entry["file"]
         tokens = read_shard_header(path)
         if tokens != entry["tokens"]:
@@ -279,21 +381,36 @@ def _split_from_manifest(root: Path, name: str, manifest: dict, verify: bool) ->
                 "the folder was modified after tokenizing: re-create it with `golfctl tokenize`"
             )
         shards.append(Shard(path, tokens, entry["sha256"]))
-    info = manifest["splits"][name]
-    return Split(name, tuple(shards), info.get("docs"), info.get("bytes"), int(manifest["tokenizer"]["vocab_size"]),
-                 verify)
+    return tuple(shards)
 
 
-def _split_from_glob(root: Path, name: str, vocab_size: int | None) -> Split:
-    paths = sorted(root.glob(f"fineweb_{name}_*.bin"))
-    return Split(name, tuple(Shard(p, read_shard_header(p), None) for p in paths), None, None, vocab_size)
+def _split_from_glob(root: Path, name: str, vocab_size: int | None, transform: str | None) -> Split:
+    shards = tuple(Shard(p, read_shard_header(p), None) for p in shard_paths(root, name))
+    sidecar = tuple(Shard(p, read_shard_header(p), None) for p in shard_paths(root, sidecar_stream(name))) or None
+    if sidecar is None and transform is not None and name == "val" and shards:
+        raise UserError(f"{root} is a CaseOps dataset ({transform}) with no validation byte sidecar "
+                        "(fineweb_val_bytes_*.bin): bits per byte cannot be counted on the original text without "
+                        "it; download or prepare the folder again with its fineweb_val_bytes_*.bin files")
+    _check_sidecar_length(root, name, shards, sidecar)
+    return Split(name, shards, None, None, vocab_size, sidecar=sidecar)
+
+
+def _check_sidecar_length(root: Path, name: str, shards: tuple[Shard, ...], sidecar: tuple[Shard, ...] | None) -> None:
+    """A sidecar has one entry per token of its split."""
+    if sidecar is None:
+        return
+    tokens, entries = sum(s.tokens for s in shards), sum(s.tokens for s in sidecar)
+    if entries != tokens:
+        raise UserError(f"{root}: the {name} byte sidecar ({', '.join(s.path.name for s in sidecar)}) holds "
+                        f"{entries:,} entries but its token shards hold {tokens:,} tokens, one entry per token: "
+                        "it belongs to other shards; re-create the dataset (`golfctl tokenize --case-ops`)")
 
 
 def checksum_mismatches(dataset: Dataset) -> list[str]:
     """Re-hash every shard (and the tokenizer) listed in the manifest; describe each mismatch."""
     problems = []
     for split in dataset.splits.values():
-        for shard in split.shards:
+        for shard in split.shards + (split.sidecar or ()):
             if shard.sha256 is not None and sha256_file(shard.path) != shard.sha256:
                 problems.append(f"{shard.path.name}: sha256 differs from the manifest")
     if dataset.manifest is not None:
@@ -306,8 +423,9 @@ def checksum_mismatches(dataset: Dataset) -> list[str]:
 
 
 def dataset_identity(dataset: Dataset) -> str:
-    """sha256 of the manifest, or of the shard list for official folders without one."""
+    """sha256 of the manifest, or of the shard list (sidecars included) for official folders without one."""
     if dataset.manifest is not None:
         return sha256_file(dataset.root / MANIFEST_NAME)
-    listing = [(s.path.name, s.tokens) for split in dataset.splits.values() for s in split.shards]
+    listing = [(s.path.name, s.tokens) for split in dataset.splits.values()
+               for s in split.shards + (split.sidecar or ())]
     return "shards:" + sha256_bytes(json.dumps(listing).encode())

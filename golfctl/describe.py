@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from golfctl.artifact import FORMAT as ARTIFACT_FORMAT
-from golfctl.artifact import QuantizedTensor, read_artifact
+from golfctl.artifact import LQER_SUFFIX, QuantizedTensor, read_artifact
 from golfctl.budget import budget_for, chain_settings
 from golfctl.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, read_metadata
 from golfctl.dataset import MANIFEST_NAME, Dataset, checksum_mismatches, open_dataset
@@ -125,6 +125,11 @@ def describe_artifact(path: Path) -> list[str]:
         shape = "×".join(map(str, tensor.shape)) or "scalar"
         stored = artifact.stored[name]
         lines.append(f"  {name:<34}{shape:>14}{kind:>7}{stored.total_bytes:>10,}  {stored.describe()}")
+    for name, correction in artifact.corrections.items():  # LQER: A (rows, rank) · B (rank, cols) added to NAME
+        stored = artifact.stored[name + LQER_SUFFIX]
+        kind = f"{correction.a.bits}/{correction.b.bits}"
+        lines.append(f"  {name + LQER_SUFFIX:<34}{'rank ' + str(correction.a.q.shape[1]):>14}{kind:>7}"
+                     f"{stored.total_bytes:>10,}  {stored.describe()}")
     lines.append("  budget")
     lines += budget_for(path.stat().st_size, chain_settings(artifact.config, {**meta, "codec": artifact.codec})).table()
     return lines

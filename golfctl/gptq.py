@@ -28,6 +28,9 @@ trailing columns in one matmul (same result, memory-bound work cut by ~block_siz
 Act-order quantises columns by descending H[j, j] (the most active inputs first, while there
 are many columns left to absorb their error) and un-permutes the result.
 
+`quantize_absmax` is the other grid, with no clipping and no Hessian: one float16 scale per group
+of values, max|group|/divisor (the 2026-04-27 record's int8 gate rows and LQER factors).
+
 `HessianAccumulator` sums XᵀX over calibration batches; `weight_error` and `output_error` are
 the relative errors used to compare the two quantisers. A driver that hooks a model's linear
 layers lives elsewhere; everything here is a pure function of its tensor arguments.
@@ -90,6 +93,34 @@ def quantize_rtn(W: Tensor, scales: Tensor, bits: int) -> Tensor:
     _check_scales(W, scales)
     W = W.detach().float()
     return _round_clip(W, scales.detach().float().to(W.device), qmax(bits)).to(torch.int8)
+
+
+def quantize_absmax(X: Tensor, bits: int, group: int, symmetric: bool = True) -> tuple[Tensor, Tensor]:
+    """Absmax grid: (q int8 of X's shape, scales float16 (X.numel() // group,)), one scale per `group`
+    consecutive values of X flattened row-major (group = row length: one scale per row).
+
+    symmetric: q in [-qmax, qmax], scale = max|group|/qmax. Otherwise the full two's-complement range
+    [-qmax-1, qmax] with scale = max|group|/(qmax + 1/2), so ±max lands on the half-way points ±(qmax + ½)
+    and rounds to the range's ends (int2: [-2, 1] at max/1.5; int4: [-8, 7] at max/7.5). As the record
+    computes it: max|group| floored at 1e-10, divided in float32, rounded to float16, and q =
+    clamp(round(X / scale)) with that float16 scale. A scale that rounds to 0 in float16 (a group
+    of zeros) gets q = 0, so it dequantizes to 0 as the record's does.
+    """
+    qm = qmax(bits)
+    X = X.detach().float()
+    if group < 1 or X.numel() % group:
+        raise ValueError(f"group {group} does not divide the {X.numel()} values of shape {tuple(X.shape)}")
+    grouped = X.reshape(-1, group)  # (groups, group)
+    divisor = qm if symmetric else qm + 0.5
+    scales = (grouped.abs().amax(dim=1).clamp_min(1e-10) / divisor).half()  # (groups,)
+    s = scales.float()[:, None]
+    q = torch.where(s > 0, torch.round(grouped / s), 0.0).clamp_(-qm if symmetric else -qm - 1, qm)
+    return q.to(torch.int8).reshape(X.shape), scales
+
+
+def dequantize_absmax(q: Tensor, scales: Tensor) -> Tensor:
+    """float32 of q's shape: q · (its group's scale); the group size is q.numel() // len(scales)."""
+    return (q.reshape(scales.numel(), -1).float() * scales.float()[:, None]).reshape(q.shape)
 
 
 class HessianAccumulator:

@@ -9,6 +9,11 @@ Parameter shapes follow from the architecture alone, never from evaluation setti
 state dict loads into a model built with any `eval_loops`. Parameters stay float32; on CUDA the
 caller wraps the forward in `torch.autocast(bfloat16)`.
 
+With `doc_max_len`, a row is a packed stream of documents: attention stays inside each segment
+(cut at BOS and every doc_max_len tokens, `golfctl.attention.segment_starts`, computed here from
+the token ids), while rotary positions count along the whole row. The 2026-04-27 record's pieces
+(SmearGate, the sparse attention gate, the two-lane decoder) are off unless their keys are set.
+
 `parameter_roles` is the one place that decides what a parameter is (its `Role`): its optimizer
 group, whether the quantizer puts it on an integer grid, its quantization report group and its
 test-time-training parameter set.
@@ -23,8 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from golfctl.attention import causal_attention
+from golfctl.attention import causal_attention, document_attention, segment_starts
 from golfctl.config import ModelConfig
+from golfctl.shards import BOS_ID
 
 
 def layer_sequence(cfg: ModelConfig, loops: int) -> list[int]:
@@ -141,8 +147,14 @@ class CausalSelfAttention(nn.Module):
         self.q_gain = nn.Parameter(torch.full((cfg.num_heads,), cfg.qk_gain_init))
         self.rope_reverse = cfg.rope_reverse
         self.xsa = xsa  # remove each head's own value direction from its output (XSA)
+        self.doc_max_len = cfg.doc_max_len
+        self.gate_window, self.gate_scale = cfg.gate_window, cfg.attn_gate_scale
+        # per head, weights on the input's first gate_window dims; sigmoid(0) = 0.5 halves every head at init
+        self.out_gate = nn.Parameter(torch.zeros(cfg.num_heads, cfg.gate_window)) if cfg.attn_gate else None
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                starts: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, T, d) → (B, T, d); `starts` (B, T): each token's segment start, for document attention."""
         B, T, _ = x.shape
         q = self.c_q(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         k = self.c_k(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, D)
@@ -150,9 +162,12 @@ class CausalSelfAttention(nn.Module):
         q = apply_rotary(norm(q), cos, sin, self.rope_reverse)
         q = q * self.q_gain.to(q.dtype)[:, None, None]  # (H,) broadcast over (B, H, T, D)
         k = apply_rotary(norm(k), cos, sin, self.rope_reverse)
-        y = causal_attention(q, k, v)  # (B, H, T, D)
+        y = causal_attention(q, k, v) if starts is None else document_attention(q, k, v, starts, self.doc_max_len)
         if self.xsa:
-            y = remove_value_direction(y, v)
+            y = remove_value_direction(y, v)  # (B, H, T, D)
+        if self.out_gate is not None:
+            gate = torch.sigmoid(self.gate_scale * F.linear(x[..., :self.gate_window], self.out_gate))  # (B, T, H)
+            y = y * gate.transpose(1, 2).unsqueeze(-1)
         return self.proj(y.transpose(1, 2).reshape(B, T, -1))
 
 
@@ -172,7 +187,8 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Attention then MLP (sequential), or both reading the same input (parallel).
+    """Attention then MLP (sequential), or both reading the same input (parallel), or each reading
+    its own lane of the two-lane decoder (`two_lanes`).
 
     With `ln_scale`, both branch inputs norm(x) are multiplied by 1/sqrt(layer + 1), `layer` being
     the block's physical index (a looped block uses the same factor on every application)."""
@@ -180,6 +196,7 @@ class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
         self.parallel = 0 <= cfg.parallel_start <= layer
+        self.two_lane = 0 <= cfg.two_lane_start <= layer  # in the decoder half only (GPT.forward)
         self.norm_scale = 1.0 / math.sqrt(layer + 1) if cfg.ln_scale else 1.0
         self.attn = CausalSelfAttention(cfg, xsa=layer >= cfg.num_layers - cfg.xsa_last_n)  # the last xsa_last_n
         self.mlp = MLP(cfg)
@@ -188,13 +205,25 @@ class Block(nn.Module):
         # row 0 weighs the residual stream, row 1 the normalized embedding x0; starts as "x only"
         self.resid_mix = nn.Parameter(torch.stack((torch.ones(cfg.model_dim), torch.zeros(cfg.model_dim))))
 
-    def forward(self, x: torch.Tensor, x0: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, x0: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                starts: torch.Tensor | None = None) -> torch.Tensor:
         x = self.resid_mix[0] * x + self.resid_mix[1] * x0  # (B, T, d)
         if self.parallel:
             h = self._norm(x)  # the two norms have no weights, so one serves both branches
-            return x + self.attn_scale * self.attn(h, cos, sin) + self.mlp_scale * self.mlp(h)
-        x = x + self.attn_scale * self.attn(self._norm(x), cos, sin)
+            return x + self.attn_scale * self.attn(h, cos, sin, starts) + self.mlp_scale * self.mlp(h)
+        x = x + self.attn_scale * self.attn(self._norm(x), cos, sin, starts)
         return x + self.mlp_scale * self.mlp(self._norm(x))
+
+    def two_lanes(self, lane0: torch.Tensor, lane1: torch.Tensor, x0: torch.Tensor, cos: torch.Tensor,
+                  sin: torch.Tensor, starts: torch.Tensor | None, resid: torch.Tensor,
+                  post: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Attention reads lane 0 mixed with x0, the MLP reads lane 1 as it is; each lane keeps resid[lane]
+        of itself and adds post[branch, lane] of each branch's output (branch 0 attention, 1 MLP)."""
+        attn_out = self.attn_scale * self.attn(self._norm(self.resid_mix[0] * lane0 + self.resid_mix[1] * x0),
+                                               cos, sin, starts)
+        mlp_out = self.mlp_scale * self.mlp(self._norm(lane1))
+        return (resid[0] * lane0 + post[0, 0] * attn_out + post[1, 0] * mlp_out,
+                resid[1] * lane1 + post[0, 1] * attn_out + post[1, 1] * mlp_out)
 
     def _norm(self, x: torch.Tensor) -> torch.Tensor:
         return norm(x) * self.norm_scale  # × 1.0 without ln_scale: exact
@@ -213,9 +242,17 @@ class GPT(nn.Module):
         self.skip_weights = nn.Parameter(torch.ones(n_skips, cfg.model_dim)) if n_skips else None
         # sigmoid(0) = 0.5: each gated skip starts as the mean of the stream and the skip
         self.skip_gates = nn.Parameter(torch.zeros(n_skips, cfg.model_dim)) if n_skips and cfg.skip_gates else None
+        # SmearGate: λ = 0 and W = 0 start as the identity
+        self.smear_gate = nn.Parameter(torch.zeros(1, cfg.gate_window)) if cfg.smear_gate else None
+        self.smear_lambda = nn.Parameter(torch.zeros(1)) if cfg.smear_gate else None
+        # two-lane decoder: a row per physical layer (the record's layout; rows below two_lane_start are unused)
+        lanes = cfg.two_lane_start != -1
+        # [layer, lane] and [layer, branch, lane] (branch 0 attention, 1 MLP)
+        self.lane_resid_scales = nn.Parameter(torch.full((cfg.num_layers, 2), 1.1)) if lanes else None
+        self.lane_post_scales = nn.Parameter(torch.ones(cfg.num_layers, 2, 2)) if lanes else None
 
     def forward(self, input_ids: torch.Tensor, target_ids: torch.Tensor | None = None, loops: int | None = None,
-                reduction: str = "mean") -> torch.Tensor:
+                reduction: str = "mean", documents: bool = True) -> torch.Tensor:
         """Logits (B, T, V) in float32, or the float32 cross-entropy: a scalar mean, or (B, T) for "none".
 
         U-Net skips, for any `loops`: the sequence splits at half = len(sequence) // 2 (`unet_layout`),
@@ -226,19 +263,42 @@ class GPT(nn.Module):
         outermost encoder applications without one rather than invent untrained rows. A skip s
         (the encoder output times its row of skip_weights) is added to the stream x, or with
         `skip_gates` mixed in: x ← g·x + (1 − g)·s, g = sigmoid(its row of skip_gates).
+
+        `documents=False` attends causally over the whole row even with doc_max_len (the 04-27 record
+        collects GPTQ's Hessians so).
+
+        Two-lane decoder: at the first decoder application of a block at or past two_lane_start, both
+        lanes start as x; from there skips enter lane 0 only, and the final norm reads the lanes' mean.
         """
         sequence = layer_sequence(self.cfg, self.cfg.num_loops if loops is None else loops)
         half = len(sequence) // 2
         pairs = min(half, self.skip_weights.size(0)) if self.skip_weights is not None else 0
-        cos, sin = self.rotary(input_ids.size(1), input_ids.device)  # (T, rope_dims/2) each
-        x = x0 = norm(self.tok_emb(input_ids))  # (B, T, d)
+        cos, sin = self.rotary(input_ids.size(1), input_ids.device)  # (T, rope_dims/2) each, along the whole row
+        starts = segment_starts(input_ids, BOS_ID, self.cfg.doc_max_len) if self.cfg.doc_max_len and documents else None
+        x = self.tok_emb(input_ids)  # (B, T, d)
+        if self.smear_gate is not None:
+            x = self._smear(x, input_ids)
+        x = x0 = norm(x)
         skips = []
+        lanes = None
         for i, layer in enumerate(sequence):
+            block = self.blocks[layer]
+            if lanes is None and i >= half and block.two_lane:
+                lanes = (x, x)
             if half <= i < half + pairs:
-                x = self._add_skip(x, skips.pop(), i - half)
-            x = self.blocks[layer](x, x0, cos, sin)
+                if lanes is None:
+                    x = self._add_skip(x, skips.pop(), i - half)
+                else:
+                    lanes = (self._add_skip(lanes[0], skips.pop(), i - half), lanes[1])
+            if lanes is None:
+                x = block(x, x0, cos, sin, starts)
+            else:
+                lanes = block.two_lanes(*lanes, x0, cos, sin, starts, self.lane_resid_scales[layer],
+                                        self.lane_post_scales[layer])
             if half - pairs <= i < half:
                 skips.append(x)
+        if lanes is not None:
+            x = 0.5 * (lanes[0] + lanes[1])
         logits = F.linear(self.final_norm(x), self.tok_emb.weight).float()  # (B, T, V), tied head
         c = self.cfg.logit_softcap
         logits = c * torch.tanh(logits / c)
@@ -246,6 +306,13 @@ class GPT(nn.Module):
             return logits
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), target_ids.reshape(-1), reduction=reduction)
         return loss.view(target_ids.shape) if reduction == "none" else loss
+
+    def _smear(self, x: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        """x_t += λ·σ(W·x_t[:gate_window])·x_{t−1} for t ≥ 1 (x the raw embedding, (B, T, d)), except where
+        token t is BOS: a document's first token takes nothing from the one before it."""
+        gate = self.smear_lambda * torch.sigmoid(F.linear(x[:, 1:, :self.cfg.gate_window], self.smear_gate))
+        not_bos = (input_ids[:, 1:] != BOS_ID).to(x.dtype).unsqueeze(-1)  # (B, T−1, 1)
+        return torch.cat((x[:, :1], x[:, 1:] + gate * x[:, :-1] * not_bos), dim=1)
 
     def _add_skip(self, x: torch.Tensor, encoder_out: torch.Tensor, row: int) -> torch.Tensor:
         skip = self.skip_weights[row] * encoder_out
@@ -277,16 +344,22 @@ ROLES = {role.name: role for role in (
     Role("embed", optimizer="embed", quantized=True),  # the tied embedding, also the output head
 )}
 TTT_PARAM_SETS = ("all", *ROLES)  # what `ttt_parameters` selects from
+# The sparse attention gates (`out_gate`): AdamW like the scalars, but stored as integers with one
+# absmax scale per head row (the 2026-04-27 record's int8-per-row gate path), not as float16.
+# Not a TTT parameter set of its own: "all" selects them.
+GATE = Role("gate", optimizer="scalar", quantized=False)
 
 
 def parameter_roles(model: GPT) -> dict[str, Role]:
     """Every parameter name → its Role, in `named_parameters` order; the only place that decides it."""
-    matrices: dict[str, Role] = {}  # the weight of every Linear inside an attention or an MLP
+    matrices: dict[str, Role] = {}  # the weight of every Linear inside an attention or an MLP, and the gates
     for owner_name, owner in model.named_modules():
         if isinstance(owner, (CausalSelfAttention, MLP)):
             role = ROLES["attn"] if isinstance(owner, CausalSelfAttention) else ROLES["mlp"]
             matrices.update((f"{owner_name}.{name}.weight", role)
                             for name, child in owner.named_children() if isinstance(child, nn.Linear))
+        if isinstance(owner, CausalSelfAttention) and owner.out_gate is not None:
+            matrices[f"{owner_name}.out_gate"] = GATE
     return {name: ROLES["embed"] if p is model.tok_emb.weight else matrices.get(name, ROLES["scalar"])
             for name, p in model.named_parameters()}
 

@@ -4,7 +4,8 @@ Three parameter groups, each with its own optimiser (`build_optimizers`); which 
 into which is its `Role.optimizer` (golfctl.model.parameter_roles decides):
 
 - ``embed``: AdamW at `embed_lr`, decay `embed_weight_decay`;
-- ``matrix``: Muon at `matrix_lr` (it orthogonalises 2-D updates), decay `muon_weight_decay`;
+- ``matrix``: Muon at `matrix_lr` (it orthogonalises 2-D updates), decay `muon_weight_decay`,
+  Newton–Schulz coefficients `muon_ns_coeffs`, momentum in bfloat16 with `muon_bf16_momentum`;
 - ``scalar``: AdamW at `scalar_lr`, decay `scalar_weight_decay`.
 
 Checkpoint state is flat named tensors (`Optimizers.state_tensors`), so it goes into a
@@ -30,17 +31,41 @@ from golfctl.distributed import all_reduce_sum_, rank_and_world_size
 
 GROUPS = ("embed", "matrix", "scalar")
 STATE_PREFIX = "optim."
-NS_COEFFS = (3.4445, -4.7750, 2.0315)  # quintic Newton–Schulz (a, b, c)
+NS_COEFFS = (3.4445, -4.7750, 2.0315)  # quintic Newton–Schulz (a, b, c), the same every iteration
+# Polar Express (Amsel et al. 2025, "The Polar Express: Optimal Matrix Sign Methods and Their Application
+# to the Muon Algorithm"): one (a, b, c) per iteration, each the minimax-optimal odd quintic for the
+# singular-value interval the previous ones leave, so 5 iterations land closer to 1 than the fixed quintic.
+# The 2026-04-27 record's values (its train_gpt.py lines 1720-1726), in iteration order.
+POLAR_EXPRESS_COEFFS = (
+    (8.156554524902461, -22.48329292557795, 15.878769915207462),
+    (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+    (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+    (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+    (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
+)
 _ADAM_STATE = ("step", "exp_avg", "exp_avg_sq")
 _MUON_STATE = ("momentum_buffer",)
 
 
-def newton_schulz5(G: Tensor, steps: int) -> Tensor:
-    """Approximately orthogonalise each matrix of G (..., rows, cols): U·Vᵀ of its SVD, singular
-    values pushed into ~[0.7, 1.2].
+def ns_coefficients(schedule: str, steps: int) -> tuple[tuple[float, float, float], ...]:
+    """The (a, b, c) of each of `steps` Newton–Schulz iterations: "quintic" repeats NS_COEFFS;
+    "polar_express" takes POLAR_EXPRESS_COEFFS in order, which has tuples for at most 5 steps."""
+    if schedule == "quintic":
+        return (NS_COEFFS,) * steps
+    if schedule == "polar_express" and steps <= len(POLAR_EXPRESS_COEFFS):
+        return POLAR_EXPRESS_COEFFS[:steps]
+    raise ValueError(f"no Newton–Schulz coefficients {schedule!r} for {steps} steps "
+                     f"(quintic: any count; polar_express: at most {len(POLAR_EXPRESS_COEFFS)})")
 
-    The quintic X ← aX + (bA + cA²)X with A = XXᵀ maximises the slope at zero, so small singular
-    values grow fast; the price is that they oscillate around 1 instead of converging. Each matrix
+
+def newton_schulz5(G: Tensor, steps: int, schedule: str = "quintic") -> Tensor:
+    """Approximately orthogonalise each matrix of G (..., rows, cols): U·Vᵀ of its SVD, singular
+    values pushed towards 1 (into ~[0.7, 1.2] by the fixed quintic).
+
+    Iteration i computes X ← aᵢX + (bᵢA + cᵢA²)X with A = XXᵀ, i.e. it maps every singular value
+    σ to aᵢσ + bᵢσ³ + cᵢσ⁵ (`ns_coefficients(schedule, steps)` gives the tuples). The fixed quintic
+    maximises the slope at zero, so small singular values grow fast; the price is that they
+    oscillate around 1 instead of converging. Each matrix
     is first scaled by its Frobenius norm so that every singular value starts ≤ 1. Tall matrices
     are transposed so that A is the smaller (min(rows, cols))² Gram matrix. A stack of matrices of
     one shape is one batched computation (and, compiled, one graph).
@@ -50,31 +75,32 @@ def newton_schulz5(G: Tensor, steps: int) -> Tensor:
     """
     if G.ndim < 2:
         raise ValueError(f"newton_schulz5 takes matrices, got shape {tuple(G.shape)}")
-    a, b, c = NS_COEFFS
+    coefficients = ns_coefficients(schedule, steps)
     X = G.to(_ns_dtype(G.device))
     X = X / (X.norm(dim=(-2, -1), keepdim=True) + 1e-7)  # eps: a zero gradient gives a zero update, not NaN
     tall = X.size(-2) > X.size(-1)
     if tall:
         X = X.mT
-    for _ in range(steps):
+    for a, b, c in coefficients:
         A = X @ X.mT  # (..., r, r), r = min(rows, cols)
         B = b * A + c * (A @ A)
         X = a * X + B @ X
     return X.mT if tall else X
 
 
-def muon_update(direction: Tensor, steps: int, row_norm: bool) -> Tensor:
+def muon_update(direction: Tensor, steps: int, row_norm: bool, schedule: str = "quintic") -> Tensor:
     """The Muon step direction (before the learning rate) for momentum directions (..., rows, cols).
 
     With `row_norm` (MuonEq-R, in the 2026-04-09 record's order), every row of the direction is
     first scaled to unit L2 norm (an all-zero row stays zero), so no row dominates the
-    orthogonalisation. Then Newton–Schulz, and the result times max(1, rows/cols)**0.5, so that
+    orthogonalisation (in the direction's dtype, as the record divides). Then Newton–Schulz with
+    the `schedule`'s coefficients, and the result times max(1, rows/cols)**0.5, so that
     entries have RMS ≈ 1/sqrt(cols) whatever the aspect ratio (an orthogonal tall matrix has
     smaller entries, RMS 1/sqrt(rows)).
     """
     if row_norm:
         direction = direction / direction.float().norm(dim=-1, keepdim=True).clamp_min(1e-7).to(direction.dtype)
-    update = newton_schulz5(direction, steps)
+    update = newton_schulz5(direction, steps, schedule)
     rows, cols = update.shape[-2:]
     return update * max(1.0, rows / cols) ** 0.5
 
@@ -93,18 +119,25 @@ class Muon(torch.optim.Optimizer):
     parameters of one shape as one stack, through `orthogonalize` (`muon_update`, or that
     function compiled: then one graph per shape).
 
+    With `momentum_dtype` (bfloat16 in the 2026-04-27 record, which casts each gradient to bfloat16
+    before its momentum update), the gradient is rounded to that dtype first and the buffer and the
+    direction are kept in it; None keeps the gradient's own dtype.
+
     The caller warms up momentum by setting group["momentum"] (see `muon_momentum`).
     """
 
     def __init__(self, params, lr: float, momentum: float = 0.95, nesterov: bool = True,
                  backend_steps: int = 5, row_norm: bool = False, weight_decay: float = 0.0,
-                 orthogonalize: Callable[[Tensor, int, bool], Tensor] = muon_update):
+                 ns_schedule: str = "quintic", momentum_dtype: torch.dtype | None = None,
+                 orthogonalize: Callable[[Tensor, int, bool, str], Tensor] = muon_update):
         if lr < 0 or not 0.0 <= momentum < 1.0 or backend_steps < 1 or weight_decay < 0:
             raise ValueError(f"bad Muon settings: lr={lr}, momentum={momentum}, "
                              f"backend_steps={backend_steps}, weight_decay={weight_decay}")
+        ns_coefficients(ns_schedule, backend_steps)  # refuses an unknown schedule or too many steps now
         defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, backend_steps=backend_steps,
-                        row_norm=row_norm, weight_decay=weight_decay)
+                        row_norm=row_norm, weight_decay=weight_decay, ns_schedule=ns_schedule)
         super().__init__(params, defaults)
+        self.momentum_dtype = momentum_dtype
         self.orthogonalize = orthogonalize
         shapes = [tuple(p.shape) for g in self.param_groups for p in g["params"] if p.ndim != 2]
         if shapes:
@@ -136,7 +169,7 @@ class Muon(torch.optim.Optimizer):
                 mine.setdefault(tuple(p.shape), []).append(i)
         for indices in mine.values():
             directions = torch.stack([self._direction(params[i], group) for i in indices])  # (n, rows, cols)
-            updates = self.orthogonalize(directions, group["backend_steps"], group["row_norm"])
+            updates = self.orthogonalize(directions, group["backend_steps"], group["row_norm"], group["ns_schedule"])
             for i, update in zip(indices, updates):
                 flat[offsets[i]:offsets[i + 1]] = update.flatten()
         all_reduce_sum_(flat)  # exact: each slice is non-zero on one rank only
@@ -148,13 +181,25 @@ class Muon(torch.optim.Optimizer):
 
     def _direction(self, p: Tensor, group: dict) -> Tensor:
         buf = self.state[p]["momentum_buffer"]
-        return p.grad.add(buf, alpha=group["momentum"]) if group["nesterov"] else buf
+        return self._grad(p).add(buf, alpha=group["momentum"]) if group["nesterov"] else buf
 
     def _update_momentum(self, p: Tensor, momentum: float) -> None:
         state = self.state[p]
+        grad = self._grad(p)
         if "momentum_buffer" not in state:
-            state["momentum_buffer"] = torch.zeros_like(p.grad)
-        state["momentum_buffer"].mul_(momentum).add_(p.grad)
+            state["momentum_buffer"] = torch.zeros_like(grad)
+        state["momentum_buffer"].mul_(momentum).add_(grad)
+
+    def _grad(self, p: Tensor) -> Tensor:
+        return p.grad if self.momentum_dtype is None else p.grad.to(self.momentum_dtype)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """torch casts loaded state to each parameter's dtype; a bfloat16 buffer goes back to bfloat16
+        (exactly: it was bfloat16 when saved), so a resumed run steps as an uninterrupted one."""
+        super().load_state_dict(state_dict)
+        if self.momentum_dtype is not None:
+            for state in self.state.values():
+                state["momentum_buffer"] = state["momentum_buffer"].to(self.momentum_dtype)
 
 
 class Optimizers:
@@ -250,7 +295,7 @@ class Optimizers:
 
 def build_optimizers(named_groups: dict[str, list[tuple[str, nn.Parameter]]], cfg: TrainConfig,
                      device: torch.device | str,
-                     orthogonalize: Callable[[Tensor, int, bool], Tensor] = muon_update) -> Optimizers:
+                     orthogonalize: Callable[[Tensor, int, bool, str], Tensor] = muon_update) -> Optimizers:
     """AdamW for "embed" and "scalar", Muon (orthogonalising with `orthogonalize`, which may be
     `muon_update` compiled) for "matrix"; a group that is absent or empty gets none."""
     unknown = sorted(set(named_groups) - set(GROUPS))
@@ -271,7 +316,9 @@ def build_optimizers(named_groups: dict[str, list[tuple[str, nn.Parameter]]], cf
         if group_name == "matrix":
             opt = Muon(params, lr=cfg.matrix_lr, momentum=muon_momentum(0, cfg),
                        backend_steps=cfg.muon_backend_steps, row_norm=cfg.muon_row_norm,
-                       weight_decay=cfg.muon_weight_decay, orthogonalize=orthogonalize)
+                       weight_decay=cfg.muon_weight_decay, ns_schedule=cfg.muon_ns_coeffs,
+                       momentum_dtype=torch.bfloat16 if cfg.muon_bf16_momentum else None,
+                       orthogonalize=orthogonalize)
         else:
             lr, decay = ((cfg.embed_lr, cfg.embed_weight_decay) if group_name == "embed"
                          else (cfg.scalar_lr, cfg.scalar_weight_decay))
@@ -293,7 +340,8 @@ def lr_multiplier(step: int, progress: float, cfg: TrainConfig) -> float:
 
     - warm-up: (step + 1) / warmup_steps for step < warmup_steps, so step 0 already moves;
     - then 1.0;
-    - warm-down: once progress > 1 − warmdown_frac, linear to min_lr_frac at progress 1.
+    - warm-down: once progress > 1 − warmdown_frac, linear to min_lr_frac at progress 1; with
+      min_lr_clamp, linear to 0 floored at min_lr_frac (the 04-27 record's `lr_mul`).
 
     The two ramps combine by min, for runs so short that they overlap; min_lr_frac floors only
     the warm-down.
@@ -304,6 +352,8 @@ def lr_multiplier(step: int, progress: float, cfg: TrainConfig) -> float:
     if progress <= start:
         return warmup
     left = (1.0 - progress) / cfg.warmdown_frac  # in [0, 1); warmdown_frac > 0 here; exactly 0 at the end
+    if cfg.min_lr_clamp:
+        return min(warmup, max(left, cfg.min_lr_frac))
     return min(warmup, cfg.min_lr_frac + left * (1.0 - cfg.min_lr_frac))
 
 

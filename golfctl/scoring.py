@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from golfctl.bpb import TorchByteTables, bits_per_byte
+from golfctl.bpb import TargetBytes, bits_per_byte
 from golfctl.distributed import DistContext, all_reduce_float64, all_reduce_sum_, share
 from golfctl.precision import autocast
 from golfctl.progress import Progress, global_steps
@@ -128,11 +128,12 @@ def windows_by_chunk(windows: Sequence[Window], chunk_tokens: int) -> list[list[
 
 @dataclass(frozen=True)
 class Scorer:
-    """What scoring needs besides the tokens: the model (compiled or not), byte tables, ranks,
-    loop count, and the one forward shape (batch_seqs, seq_len)."""
+    """What scoring needs besides the tokens: the model (compiled or not), what targets are worth in bytes
+    (byte tables, or a CaseOps sidecar: golfctl/bpb.py), ranks, loop count, and the one forward shape
+    (batch_seqs, seq_len)."""
 
     model: nn.Module
-    tables: TorchByteTables
+    tables: TargetBytes
     ctx: DistContext
     loops: int
     batch_seqs: int
@@ -192,15 +193,16 @@ class Scorer:
         columns = torch.arange(width, device=device)  # (seq_len,)
         # each real row scores its last n_scored targets, none of the padding after `length`
         scored = (columns[None, :] >= offsets[:, None]) & (columns[None, :] < length)  # (batch_seqs, seq_len)
-        n_bytes = torch.where(scored, self.tables.target_bytes(x, y), 0).sum()
+        # stream position of each row's first target (batch_seqs,): a sidecar's bytes go by position
+        first = torch.tensor([w.start + 1 for w in batch] + [0] * (self.batch_seqs - len(batch)), device=device)
+        n_bytes = torch.where(scored, self.tables.row_bytes(x, y, first), 0).sum()
         if target_nll is not None:
-            starts = [w.start + 1 for w in batch] + [0] * (self.batch_seqs - len(batch))
-            positions = torch.tensor(starts, device=device)[:, None] + columns  # (batch_seqs, seq_len)
+            positions = first[:, None] + columns  # (batch_seqs, seq_len)
             target_nll[positions[scored]] = nll[scored]
         return torch.stack((torch.where(scored, nll, 0.0).sum(), n_bytes.double()))  # (2,)
 
 
-def score_plain(model: nn.Module, tokens: Tokens, tables: TorchByteTables, seq_len: int, ctx: DistContext,
+def score_plain(model: nn.Module, tokens: Tokens, tables: TargetBytes, seq_len: int, ctx: DistContext,
                 loops: int, progress: Progress | None = None) -> Sums:
     """The plain score (module docstring) of the whole stream `tokens`, up to PLAIN_BATCH_TOKENS per
     forward (fewer for a short stream, which one padded batch would waste)."""

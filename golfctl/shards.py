@@ -8,6 +8,12 @@ Byte layout of one shard (all little-endian):
 Every document starts with BOS (id 1). Shards of a split are named
 `fineweb_{split}_{index:06d}.bin`; their concatenation in index order is the split's stream.
 
+A *byte sidecar* (CaseOps datasets, golfctl/caseops.py) has the same layout and naming, stream
+`{split}_bytes` (`fineweb_val_bytes_000000.bin`, as the 2026-04-27 record's data names it), with
+one uint16 per token of the split's stream in place of the ids: the UTF-8 bytes of the original,
+untransformed text that token stands for (0 for BOS and for case operators). The dataset manifest
+records it as format SIDECAR_FORMAT, version SIDECAR_VERSION.
+
 Loading checks what the caller knows about a shard in the same pass that reads it: the sha256
 its manifest records (header and tokens, hashed block by block as they are read) and the
 vocabulary its ids must lie in (one max() per block). A mismatch is a UserError naming the file.
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +43,9 @@ MAX_VOCAB = 1 << 16  # uint16 token ids
 MAX_SHARD_TOKENS = (1 << 31) - 1  # the header stores the count as int32
 BOS_ID = 1
 SPLITS = ("train", "val")
+SIDECAR_FORMAT = "golfctl.token_bytes"
+SIDECAR_VERSION = 1
+MAX_TOKEN_BYTES = (1 << 16) - 1  # a sidecar entry is uint16
 _REMAKE = "re-create it with `golfctl tokenize` or download it again"
 BLOCK_TOKENS = 1 << 22  # tokens hashed and range-checked per step (8 MiB): each block is checked while in cache
 _MAX_THREADS = 8  # shards checked at once (hashlib, numpy and file reads release the GIL)
@@ -44,6 +54,19 @@ T = TypeVar("T")
 
 def shard_name(split: str, index: int) -> str:
     return f"fineweb_{split}_{index:06d}.bin"
+
+
+def sidecar_stream(split: str) -> str:
+    """The shard stream holding `split`'s byte sidecar: shard_name(sidecar_stream("val"), 0) is
+    fineweb_val_bytes_000000.bin."""
+    return f"{split}_bytes"
+
+
+def shard_paths(folder: Path, stream: str) -> list[Path]:
+    """`folder`'s shards of one stream in index order: fineweb_{stream}_NNNNNN.bin exactly, so that the val
+    stream does not take in the val_bytes sidecar beside it."""
+    pattern = re.compile(rf"fineweb_{re.escape(stream)}_\d+\.bin")
+    return sorted(p for p in Path(folder).glob(f"fineweb_{stream}_*.bin") if pattern.fullmatch(p.name))
 
 
 def _header(n_tokens: int) -> bytes:

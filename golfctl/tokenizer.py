@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 import sentencepiece as spm
 
@@ -65,8 +65,16 @@ def _cut_line(line: str) -> Iterator[str]:
     yield line
 
 
-def train_tokenizer(pieces: Iterable[str], vocab_size: int) -> bytes:
-    """Train a BPE SentencePiece model on text pieces; return the serialized model."""
+def trainer_settings(reserved: Sequence[str] = ()) -> dict:
+    """The challenge's settings, plus `reserved` symbols (CaseOps' operators) as user-defined pieces:
+    ids 4.. right after the control and unknown pieces, each always a token of its own."""
+    if not reserved:
+        return CHALLENGE_TRAINER_SETTINGS
+    return {**CHALLENGE_TRAINER_SETTINGS, "user_defined_symbols": list(reserved)}
+
+
+def train_tokenizer(pieces: Iterable[str], vocab_size: int, reserved: Sequence[str] = ()) -> bytes:
+    """Train a BPE SentencePiece model on text pieces (`trainer_settings(reserved)`); return the serialized model."""
     model = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(
@@ -74,7 +82,7 @@ def train_tokenizer(pieces: Iterable[str], vocab_size: int) -> bytes:
             model_writer=model,
             vocab_size=vocab_size,
             minloglevel=2,
-            **CHALLENGE_TRAINER_SETTINGS,
+            **trainer_settings(reserved),
         )
     except RuntimeError as exc:
         raise UserError(f"SentencePiece could not train a {vocab_size}-token vocabulary: {exc}") from None
@@ -109,3 +117,13 @@ def check_shard_tokenizer(sp: spm.SentencePieceProcessor, name: str) -> None:
             f"{name} has no standalone '{SPACE_PIECE}' piece: a lone space would fall back to the 3 UTF-8 "
             "bytes of U+2581 and bits per byte would be miscounted; retrain it with `golfctl tokenize`"
         )
+
+
+def check_reserved_pieces(sp: spm.SentencePieceProcessor, symbols: Sequence[str], name: str) -> None:
+    """Refuse a tokenizer that does not encode each of `symbols` alone as one piece of its own."""
+    missing = [f"U+{ord(s):04X}" for s in symbols
+               if sp.is_unknown(sp.piece_to_id(s)) or sp.encode(s, out_type=int) != [sp.piece_to_id(s)]]
+    if missing:
+        raise UserError(f"{name} has no piece of its own for {', '.join(missing)} (CaseOps' operators); train one "
+                        "with `golfctl tokenize --case-ops` without --tokenizer, or use the record's "
+                        "fineweb_8192_bpe_lossless_caps_caseops_v1_reserved.model")

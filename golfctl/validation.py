@@ -6,6 +6,9 @@ vocabulary that is not the model's, a tokenizer that is not the one the model wa
 outside the vocabulary (both named, checked while the shards are read: `Split.load_tokens`), and
 byte tables that do not give the split's recorded byte count (the decoded text's UTF-8 length):
 each of these would otherwise surface only after minutes of scoring, or never.
+
+A CaseOps split (golfctl/caseops.py) is scored through its byte sidecar instead of the tables
+(golfctl/bpb.py `SidecarBytes`), with a tokenizer that holds the case operators as pieces.
 """
 
 from __future__ import annotations
@@ -16,20 +19,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from golfctl.bpb import ByteTables, TorchByteTables
+from golfctl import caseops
+from golfctl.bpb import ByteTables, SidecarBytes, TargetBytes
 from golfctl.dataset import TOKENIZER_NAME, Dataset, resolve_tokenizer
 from golfctl.distributed import single_process
 from golfctl.errors import UserError
 from golfctl.fileio import sha256_file
 from golfctl.scoring import Sums, score_plain
-from golfctl.tokenizer import load_tokenizer
+from golfctl.tokenizer import check_reserved_pieces, load_tokenizer
 from golfctl.weights import Weights, build_model
 
 
 @dataclass(frozen=True)
 class ValidationSet:
     tokens: np.ndarray  # the whole validation stream (uint16)
-    tables: TorchByteTables
+    tables: TargetBytes  # what each target is worth: byte tables, or a CaseOps split's sidecar
     tokenizer: Path  # the .model file the tables come from
     tokenizer_sha256: str | None = None  # its sha256 (what a checkpoint records as the run's tokenizer)
 
@@ -49,18 +53,22 @@ def load_validation_set(dataset: Dataset, tokenizer: Path | None, vocab_size: in
         raise UserError(f"the model's vocab_size {vocab_size} does not match the tokenizer's {sp.vocab_size()}; "
                         f"use --set vocab_size={sp.vocab_size()} or a matching dataset")
     _check_same_tokenizer(model_tokenizer_sha256, digest, dataset, path, vocab_size)
+    if dataset.text_transform == caseops.CASEOPS:
+        check_reserved_pieces(sp, caseops.MARKERS, str(path))
     split = dataset.splits["val"]
     if split.tokens <= min_tokens:
         raise UserError(f"{dataset.root} has {split.tokens:,} validation tokens, not enough for one window of "
                         f"{min_tokens}; tokenize with more --val-docs")
     tokens = split.load_tokens(vocab_size)  # each shard's sha256 and ids checked, naming the shard
-    tables = ByteTables.from_tokenizer(sp)
+    sidecar = split.load_target_bytes()  # a CaseOps split's bytes per position; None: the tables' rule
+    tables = ByteTables.from_tokenizer(sp) if sidecar is None else SidecarBytes(sidecar)
     counted = tables.stream_bytes(tokens)
     if split.bytes is not None and counted != split.bytes:
-        raise UserError(f"tokenizer {path} counts {counted:,} bytes in {dataset.root}'s validation split, whose text "
+        counter = f"tokenizer {path}" if sidecar is None else "the byte sidecar"
+        raise UserError(f"{counter} counts {counted:,} bytes in {dataset.root}'s validation split, whose text "
                         f"has {split.bytes:,}: the shards were made with another tokenizer; retokenize or pass the "
                         "right --tokenizer")
-    return ValidationSet(tokens, TorchByteTables(tables, device), path, digest)
+    return ValidationSet(tokens, tables.on(device), path, digest)
 
 
 def check_model_tokenizer(dataset: Dataset, model_tokenizer_sha256: str | None, tokenizer: Path | None = None) -> None:

@@ -16,7 +16,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -31,7 +31,8 @@ from golfctl.fileio import atomic_write_bytes, sha256_file
 from golfctl.model import ttt_parameters
 from golfctl.outputs import JSON, check_output_file
 from golfctl.progress import Progress, tee_stderr, utc_now
-from golfctl.scoring import Scorer, Sums, plain_windows, sliding_windows
+from golfctl.scoring import Scorer, Sums, Window, plain_windows, sliding_windows
+from golfctl.packed import PackedConfig, packed_rows
 from golfctl.ttt import ChunkedSums, TTTConfig, score_by_chunk, score_first_ttt, warm_up
 from golfctl.validation import load_validation_set
 from golfctl.weights import build_model, load_weights, refuse_non_finite
@@ -53,6 +54,10 @@ class EvalConfig:
     sliding: bool = field(default=True, metadata={"help": "Score sliding windows."})
     ttt: bool = field(default=False, metadata={"help": "Also score with score-first test-time training."})
     ttt_config: TTTConfig = field(default_factory=TTTConfig, metadata={"prefix": "ttt"})
+    packed: bool = field(default=False, metadata={
+        "help": "Also score as the 04-27 record's eval_val (golfctl/packed.py): packed rows, attention inside "
+                "documents, the record's rank ranges and truncation emulated."})
+    packed_config: PackedConfig = field(default_factory=PackedConfig, metadata={"prefix": "packed"})
     compile: bool | None = field(default=None, metadata={
         "help": "torch.compile every forward, warmed up on random tokens [default: the model's `compile`]."})
     compile_backend: str | None = field(default=None, metadata={
@@ -75,7 +80,8 @@ class EvalConfig:
              for k in ("seq_len", "eval_loops", "max_val_tokens", "world_size") if getattr(self, k) < 0]
         p += [f"--{k.replace('_', '-')} must be positive, got {getattr(self, k)}"
               for k in ("stride", "batch_seqs") if getattr(self, k) < 1]
-        return p + (self.ttt_config.problems() if self.ttt else [])
+        return p + (self.ttt_config.problems() if self.ttt else []) + (self.packed_config.problems() if self.packed
+                                                                         else [])
 
     def _input_problems(self) -> list[str]:
         if not self.plan:
@@ -111,6 +117,7 @@ def _evaluate(cfg: EvalConfig, ctx: DistContext) -> dict:
     if seq_len > tokens.size - 1:
         raise UserError(f"--seq-len {seq_len:,} is longer than the {tokens.size - 1:,} validation targets scored; "
                         "pass a shorter --seq-len")
+    ranges = _packed_ranges(tokens, seq_len, cfg.packed_config, config.doc_max_len) if cfg.packed else []
     model = build_model(weights, ctx.device)
     _check_loops(model, loops)
     ttt_params = _ttt_parameters(model, cfg) if cfg.ttt else []
@@ -118,25 +125,30 @@ def _evaluate(cfg: EvalConfig, ctx: DistContext) -> dict:
     compiler = Compiler(config.compile if cfg.compile is None else cfg.compile,
                         cfg.compile_backend or config.compile_backend)
     scorer = Scorer(compiler(model), val.tables, ctx, loops, cfg.batch_seqs, seq_len)
-    _warm_up(compiler, scorer, model, cfg, ttt_params, config.vocab_size)
+    row_scorer = replace(scorer, batch_seqs=1, seq_len=ranges[0][0].length) if ranges else None  # --packed's rows
+    _warm_up(compiler, [scorer, row_scorer], model, cfg, ttt_params, config.vocab_size)
     _say(ctx, f"eval: {cfg.model} ({weights.origin}), {tokens.size - 1:,} targets, seq_len {seq_len}, "
               f"stride {cfg.stride}, loops {loops}, {ctx.world_size} rank(s)")
     results: dict[str, dict] = {}
     if cfg.plain:
-        results["plain"] = _timed(ctx, "plain", tokens, lambda progress: scorer.score(
+        results["plain"] = _timed(ctx, "plain", tokens.size - 1, lambda progress: scorer.score(
             tokens, plain_windows(tokens.size, seq_len), progress))
     windows = sliding_windows(tokens.size, seq_len, cfg.stride) if cfg.sliding or cfg.ttt else []
     if cfg.sliding and cfg.ttt:  # per TTT chunk too, so that TTT's gain can be read chunk by chunk
-        results["sliding"] = _timed(ctx, "sliding", tokens, lambda progress: score_by_chunk(
+        results["sliding"] = _timed(ctx, "sliding", tokens.size - 1, lambda progress: score_by_chunk(
             scorer, tokens, windows, cfg.ttt_config.chunk_tokens, progress))
     elif cfg.sliding:
-        results["sliding"] = _timed(ctx, "sliding", tokens, lambda progress: scorer.score(tokens, windows, progress))
+        results["sliding"] = _timed(ctx, "sliding", tokens.size - 1,
+                                    lambda progress: scorer.score(tokens, windows, progress))
     if cfg.ttt:
         with _weights_restored(model):  # nothing learned at test time persists
-            results["ttt"] = _timed(ctx, "ttt", tokens, lambda progress: score_first_ttt(
+            results["ttt"] = _timed(ctx, "ttt", tokens.size - 1, lambda progress: score_first_ttt(
                 scorer, tokens, windows, cfg.ttt_config, ttt_params, progress))
+    if ranges:
+        results["packed"] = _timed(ctx, "packed", sum(w.n_scored for windows in ranges for w in windows),
+                                   lambda progress: _score_packed(row_scorer, tokens, ranges, progress))
     if not cfg.max_val_tokens:
-        _check_bytes(dataset.splits["val"].bytes, results)
+        _check_bytes(dataset.splits["val"].bytes, {k: v for k, v in results.items() if k != "packed"})
     report = {
         "format": EVAL_FORMAT,
         "version": EVAL_VERSION,
@@ -166,8 +178,9 @@ def eval_geometry(cfg: EvalConfig, config) -> tuple[int, int]:
 
 def _settings(cfg: EvalConfig) -> dict:
     """The options as flat JSON values, TTT's under their `ttt_` names."""
-    flat = {k: v for k, v in asdict(cfg).items() if k not in ("ttt_config", "plan", "preset", "rates")}
+    flat = {k: v for k, v in asdict(cfg).items() if k not in ("ttt_config", "packed_config", "plan", "preset", "rates")}
     flat |= {f"ttt_{k}": v for k, v in asdict(cfg.ttt_config).items()}
+    flat |= {f"packed_{k}": v for k, v in asdict(cfg.packed_config).items()}
     return {k: str(v) if isinstance(v, Path) else v for k, v in flat.items()}
 
 
@@ -186,15 +199,21 @@ def _ttt_parameters(model, cfg: EvalConfig) -> list:
         raise UserError(f"--ttt-params: {exc}") from None
 
 
-def _warm_up(compiler: Compiler, scorer: Scorer, model, cfg: EvalConfig, ttt_params: list, vocab: int) -> None:
+def _warm_up(compiler: Compiler, scorers: list[Scorer | None], model, cfg: EvalConfig, ttt_params: list,
+             vocab: int) -> None:
     """Compile every graph this eval uses before any scoring (golfctl.ttt.warm_up: random tokens,
-    the very calls that score); the weights are restored after, so nothing of it remains."""
+    the very calls that score; TTT's with the first scorer); the weights are restored after, so
+    nothing of it remains."""
     if not compiler.enabled:
         return
+    def run() -> None:
+        for i, scorer in enumerate(scorers):
+            if scorer is not None:
+                warm_up(scorer, vocab, cfg.ttt_config if cfg.ttt and i == 0 else None, ttt_params)
+
     with _weights_restored(model):
-        compiler.warm_up(lambda: warm_up(scorer, vocab, cfg.ttt_config if cfg.ttt else None, ttt_params),
-                         scorer.ctx.device)
-    _say(scorer.ctx, f"eval: compile warm-up done: {compiler.describe()}")
+        compiler.warm_up(run, scorers[0].ctx.device)
+    _say(scorers[0].ctx, f"eval: compile warm-up done: {compiler.describe()}")
 
 
 @contextlib.contextmanager
@@ -207,9 +226,10 @@ def _weights_restored(model) -> Iterator[None]:
         model.load_state_dict(original)
 
 
-def _timed(ctx: DistContext, name: str, tokens, run: Callable[[Progress | None], Sums]) -> dict:
-    """Run one scoring method with a progress line on rank 0 (tokens scored, tokens/s, ETA)."""
-    progress = Progress(f"eval {name}", "tokens", total_items=int(tokens.size - 1)) if ctx.is_main else None
+def _timed(ctx: DistContext, name: str, targets: int, run: Callable[[Progress | None], Sums]) -> dict:
+    """Run one scoring method of `targets` targets with a progress line on rank 0 (tokens scored,
+    tokens/s, ETA)."""
+    progress = Progress(f"eval {name}", "tokens", total_items=targets) if ctx.is_main else None
     start = time.perf_counter()
     sums = run(progress)
     seconds = time.perf_counter() - start
@@ -225,6 +245,28 @@ def _timed(ctx: DistContext, name: str, tokens, run: Callable[[Progress | None],
     _say(ctx, f"  {name:<8} val_loss {sums.loss:.4f}  val_bpb {sums.bpb:.4f}  {sums.tokens:,} tokens  "
               f"{seconds:.1f}s ({sums.tokens / max(seconds, 1e-9):,.0f} tokens/s)")
     return entry
+
+
+def _packed_ranges(tokens, seq_len: int, cfg: PackedConfig, doc_max_len: int) -> list[list[Window]]:
+    """--packed's rows per emulated rank (golfctl.packed), those with any; refused before any work."""
+    if not doc_max_len:
+        raise UserError("--packed scores rows of whole packed documents: it needs a model whose attention stays "
+                        "inside documents (doc_max_len, e.g. --preset frontier)")
+    if cfg.row_seqs(seq_len) < 1:
+        raise UserError(f"--packed-batch-tokens {cfg.batch_tokens:,} gives no sequence of {seq_len:,} to each of "
+                        f"--packed-world-size {cfg.world_size} ranks; raise it")
+    ranges = [windows for windows in packed_rows(tokens.size, seq_len, cfg) if windows]
+    if not ranges:
+        raise UserError(f"the {tokens.size - 1:,} validation targets give no packed row of "
+                        f"{cfg.row_seqs(seq_len) * seq_len:,} tokens to any emulated rank; lower "
+                        "--packed-batch-tokens")
+    return ranges
+
+
+def _score_packed(row_scorer: Scorer, tokens, ranges: list[list[Window]], progress: Progress | None) -> Sums:
+    """Each emulated rank's rows, as single windows shared by this run's ranks."""
+    parts = [row_scorer.score_into(tokens, windows, None, progress) for windows in ranges]
+    return Sums(sum(s.nll for s in parts), sum(s.tokens for s in parts), sum(s.bytes for s in parts))
 
 
 def _check_bytes(expected: int | None, results: dict) -> None:

@@ -3,11 +3,23 @@
 1. Calibrate: Hessians of every block matrix's input and of the tied head's input over
    training tokens, at the model's evaluation depth (collected once).
 2. Quantize every parameter whose `Role` (golfctl.model.parameter_roles) is quantized, with
-   per-row SDClip scales (block matrices `bits` with `clip_sigmas`, the tied embedding
-   `embed_bits` with `embed_clip_sigmas`), by GPTQ or RTN; control tensors stay float16.
-3. Entropy-code the integers (`codec`), write the artifact, check artifact + code bytes
+   per-row SDClip scales (block matrices `bits` with `clip_sigmas`, or the MLP's and attention's
+   own `mlp_clip_sigmas` / `attn_clip_sigmas`; the tied embedding `embed_bits` with
+   `embed_clip_sigmas`), by GPTQ or RTN. The sparse attention gates (role "gate") go on a
+   `gate_bits` absmax grid, one scale per head row; the other control tensors stay float16.
+3. LQER (golfctl.lqer, `lqer_top_k` > 0): the matrices with the largest ‖W − Ŵ‖_F get a low-rank
+   correction of their error, stored next to them.
+4. Entropy-code the integers (`codec`), write the artifact, check artifact + code bytes
    against the budget. `fit` bisects the matrix clip_sigmas on the real compressed size for
    the smallest value (finest grid) that fits.
+
+The 2026-04-27 record (the `frontier` preset) quantizes with
+`--embed-bits 7 --embed-clip-sigmas 14 --mlp-clip-sigmas 11.5 --attn-clip-sigmas 13 --clip-sigmas 12.85
+--calib-batches 16 --calib-batch-seqs 48 --gate-bits 8 --lqer-top-k 3 --lqer-rank 4 --lqer-asym
+--lqer-group 64 --lqer-factor-bits 4` (its log's embed_bits 7, embed_clip_sigmas 14.0, mlp_clip_sigmas 11.5,
+attn_clip_sigmas 13.0, matrix_clip_sigmas 12.85, gptq_calibration_batches 16 of 786,432 / 8 ranks =
+48 sequences of 2,048 tokens, gated_attn_quant_gate True, lqer_top_k 3, lqer_rank 4, lqer_asym_enabled
+True, lqer_asym_group 64, lqer_factor_bits 4).
 """
 
 from __future__ import annotations
@@ -24,16 +36,17 @@ from pathlib import Path
 
 import torch
 
-from golfctl.artifact import (AUTO, CODEC_CHOICES, Float16Tensor, QuantizedTensor, Stored, decode_artifact,
-                              encode_artifact, write_artifact)
+from golfctl.artifact import (AUTO, CODEC_CHOICES, LQER_SUFFIX, Float16Tensor, IntFactor, LowRankCorrection,
+                              QuantizedTensor, Stored, decode_artifact, encode_artifact, write_artifact)
 from golfctl.budget import DEFAULT_BUDGET, Budget, OverBudget, budget_for, chain_settings
 from golfctl.calibration import calibration_batches, collect_hessians
 from golfctl.codec import entropy_bound_bytes
 from golfctl.dataset import open_dataset
 from golfctl.errors import UserError, refuse_problems
-from golfctl.gptq import (NotPositiveDefinite, dequantize, output_error, quantize_gptq, quantize_rtn, sdclip_scales,
-                          weight_error)
-from golfctl.model import ROLES, Role, parameter_roles
+from golfctl.gptq import (NotPositiveDefinite, dequantize, output_error, quantize_absmax, quantize_gptq, quantize_rtn,
+                          sdclip_scales, weight_error)
+from golfctl.lqer import Factor, largest_errors, lqer_correction
+from golfctl.model import GATE, ROLES, Role, parameter_roles
 from golfctl.fileio import atomic_write_bytes
 from golfctl.outputs import ARTIFACT, JSON, QUANTIZE_REPORT_FORMAT, check_output_file, quantize_report_path
 from golfctl.validation import check_model_tokenizer, load_validation_set, score_weights
@@ -44,7 +57,8 @@ FIT_RANGE = (2.0, 64.0)  # matrix clip_sigmas searched by --fit
 DAMP_RAISES = 3  # GPTQ retries a matrix at 10×, 100×, 1000× --damp before giving up
 FIT_PROBES = 8  # bisection steps: the choice is within (range / 2**8) of the smallest fitting value
 PASSTHROUGH = "fp16"  # the report group of the tensors stored as float16
-REPORT_GROUPS = (*(role.name for role in ROLES.values() if role.quantized), PASSTHROUGH)  # report row order
+LQER = "lqer"  # the report group of the LQER corrections, reported as tensors NAME + LQER_SUFFIX
+REPORT_GROUPS = (*(role.name for role in ROLES.values() if role.quantized), GATE.name, LQER, PASSTHROUGH)  # row order
 
 
 @dataclass(frozen=True)
@@ -60,6 +74,24 @@ class QuantizeConfig:
     clip_sigmas: float = dataclasses.field(default=12.85, metadata={
         "help": "SDClip k of the block matrices: row scale = k·std(row)/qmax."})
     embed_clip_sigmas: float = dataclasses.field(default=20.0, metadata={"help": "SDClip k of the embedding."})
+    mlp_clip_sigmas: float = dataclasses.field(default=0.0, metadata={
+        "help": "SDClip k of the MLP matrices; 0 = --clip-sigmas."})
+    attn_clip_sigmas: float = dataclasses.field(default=0.0, metadata={
+        "help": "SDClip k of the attention matrices; 0 = --clip-sigmas."})
+    gate_bits: int = dataclasses.field(default=8, metadata={
+        "help": "Bits of the sparse attention gates: absmax, one scale per head row; 0 keeps them float16."})
+    lqer_top_k: int = dataclasses.field(default=0, metadata={
+        "help": "LQER: correct the K matrices with the largest quantization error ‖W − Ŵ‖_F by a low-rank A·B; "
+                "0 = none."})
+    lqer_rank: int = dataclasses.field(default=4, metadata={"help": "LQER rank of A·B."})
+    lqer_asym: bool = dataclasses.field(default=True, metadata={
+        "help": "LQER factors as A int2 in [-2, 1] with one scale, B int4 in [-8, 7] with one scale per "
+                "--lqer-group values; otherwise (or when the group does not divide B) both --lqer-factor-bits "
+                "with one scale per row."})
+    lqer_group: int = dataclasses.field(default=64, metadata={
+        "help": "LQER: values of B per scale (with --lqer-asym)."})
+    lqer_factor_bits: int = dataclasses.field(default=4, metadata={
+        "help": "LQER: bits of both factors when they are not asymmetric."})
     budget: int = dataclasses.field(default=DEFAULT_BUDGET, metadata={"help": "Bytes for artifact + code."})
     fit: bool = dataclasses.field(default=False, metadata={
         "help": "Bisect --clip-sigmas for the finest grid that fits the budget."})
@@ -82,23 +114,38 @@ class QuantizeConfig:
         if self.codec not in CODEC_CHOICES:
             p.append(f"--codec must be one of {CODEC_CHOICES}, got {self.codec!r}")
         p += [f"--{k.replace('_', '-')} must be in 2..8, got {getattr(self, k)}"
-              for k in ("bits", "embed_bits") if not 2 <= getattr(self, k) <= 8]
+              for k in ("bits", "embed_bits", "lqer_factor_bits") if not 2 <= getattr(self, k) <= 8]
         p += [f"--{k.replace('_', '-')} must be positive, got {getattr(self, k)}"
-              for k in ("clip_sigmas", "embed_clip_sigmas", "damp", "budget", "calib_batches", "calib_batch_seqs")
-              if getattr(self, k) <= 0]
+              for k in ("clip_sigmas", "embed_clip_sigmas", "damp", "budget", "calib_batches", "calib_batch_seqs",
+                        "lqer_rank", "lqer_group") if getattr(self, k) <= 0]
+        p += [f"--{k.replace('_', '-')} must be >= 0, got {getattr(self, k)}"
+              for k in ("mlp_clip_sigmas", "attn_clip_sigmas", "lqer_top_k") if getattr(self, k) < 0]
+        if self.gate_bits and not 2 <= self.gate_bits <= 8:
+            p.append(f"--gate-bits must be 0 (float16) or in 2..8, got {self.gate_bits}")
+        if self.fit and self.mlp_clip_sigmas and self.attn_clip_sigmas:
+            p.append("--fit bisects --clip-sigmas, which no matrix uses when --mlp-clip-sigmas and "
+                     "--attn-clip-sigmas are both set; drop one of them or --fit")
         return p
+
+    def matrix_clip_sigmas(self, role: Role, clip_sigmas: float) -> float:
+        """The SDClip k of a quantized role: its own setting, or `clip_sigmas` (the one --fit moves)."""
+        if role == ROLES["embed"]:
+            return self.embed_clip_sigmas
+        own = {"mlp": self.mlp_clip_sigmas, "attn": self.attn_clip_sigmas}.get(role.name, 0.0)
+        return own or clip_sigmas
 
 
 @dataclass
 class TensorReport:
     name: str
     group: str  # one of REPORT_GROUPS
-    bits: int
+    bits: int | str  # an LQER correction: "A bits/B bits"
     count: int
     entropy_bytes: float
     weight_error: float = 0.0
-    output_error: float = 0.0
+    output_error: float | None = 0.0  # None: not measured (a gate whose attention has no c_q Hessian)
     rtn_errors: tuple[float, float] | None = None  # (weight, output) of round-to-nearest on the same grid, under GPTQ
+    details: dict = dataclasses.field(default_factory=dict)  # more quantize.json fields (an LQER correction's)
 
 
 @dataclass
@@ -162,17 +209,21 @@ def run_quantize(cfg: QuantizeConfig) -> dict:
 
 def _tensor_lines(result: Quantized) -> dict[str, dict]:
     """quantize.json's per-tensor entries: group, bits, values, errors (GPTQ's and RTN's under GPTQ;
-    none for fp16 tensors) and the stored bytes with their codecs."""
+    none for fp16 tensors, no output error for gates) and the stored bytes with their codecs. An LQER
+    correction is the entry NAME + LQER_SUFFIX: its target, rank, factor grids, ‖W − Ŵ‖_F before it, and
+    the target's errors with it."""
     lines = {}
     for r in result.reports:
         stored = result.stored[r.name]
         line = {"group": r.group, "bits": r.bits, "values": r.count, "codec": stored.describe(),
                 "data_bytes": stored.data_bytes, "scale_bytes": stored.scale_bytes}
         if r.group != PASSTHROUGH:
-            line.update(weight_error=r.weight_error, output_error=r.output_error)
+            line.update(weight_error=r.weight_error)
+            if r.output_error is not None:
+                line.update(output_error=r.output_error)
             if r.rtn_errors is not None:
                 line.update(rtn_weight_error=r.rtn_errors[0], rtn_output_error=r.rtn_errors[1])
-        lines[r.name] = line
+        lines[r.name] = {**line, **r.details}
     return lines
 
 
@@ -183,29 +234,38 @@ def _report_group(role: Role) -> str:
 def _quantize(weights: Weights, hessians: dict[str, torch.Tensor], roles: dict[str, Role], cfg: QuantizeConfig,
               clip_sigmas: float) -> Quantized:
     tensors, reports = [], []
+    quantized: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # matrix → (q, scales), for LQER
     for name, tensor in weights.state.items():
         W = tensor.detach().float()
         role = roles[name]
+        if role == GATE and cfg.gate_bits:
+            tensors.append(_gate(name, W, cfg.gate_bits, hessians, reports))
+            continue
         if not role.quantized:
             values = W.half().numpy()
             tensors.append(Float16Tensor(name, tuple(W.shape), values))
             reports.append(TensorReport(name, PASSTHROUGH, 16, W.numel(), 2.0 * W.numel()))
             continue
-        embed = role == ROLES["embed"]
-        bits = cfg.embed_bits if embed else cfg.bits
+        bits = cfg.embed_bits if role == ROLES["embed"] else cfg.bits
         H = hessians[name].to(W.device)
-        scales = sdclip_scales(W, bits, cfg.embed_clip_sigmas if embed else clip_sigmas)
+        scales = sdclip_scales(W, bits, cfg.matrix_clip_sigmas(role, clip_sigmas))
         rtn = quantize_rtn(W, scales, bits)
         q = _gptq(name, W, H, scales, bits, cfg.damp) if cfg.method == "gptq" else rtn
+        quantized[name] = q, scales
         q_np = q.cpu().numpy()
         tensors.append(QuantizedTensor(name, tuple(W.shape), bits, q_np, scales.half().cpu().numpy()))
         reports.append(TensorReport(name, role.name, bits, W.numel(), entropy_bound_bytes(q_np),
                                     *_errors(W, dequantize(q, scales), H),
                                     _errors(W, dequantize(rtn, scales), H) if q is not rtn else None))
+    if cfg.lqer_top_k:
+        tensors += _lqer(weights.state, quantized, hessians, cfg, reports)
     source = {"model_sha256": weights.sha256, "weights": weights.kind}
     meta = {"method": cfg.method, "bits": cfg.bits, "embed_bits": cfg.embed_bits, "clip_sigmas": clip_sigmas,
             "embed_clip_sigmas": cfg.embed_clip_sigmas, "damp": cfg.damp, "calib_batches": cfg.calib_batches,
-            "calib_batch_seqs": cfg.calib_batch_seqs}
+            "calib_batch_seqs": cfg.calib_batch_seqs, "mlp_clip_sigmas": cfg.mlp_clip_sigmas,
+            "attn_clip_sigmas": cfg.attn_clip_sigmas, "gate_bits": cfg.gate_bits, "lqer_top_k": cfg.lqer_top_k,
+            "lqer_rank": cfg.lqer_rank, "lqer_asym": cfg.lqer_asym, "lqer_group": cfg.lqer_group,
+            "lqer_factor_bits": cfg.lqer_factor_bits}
     config = dataclasses.asdict(weights.config)
     data = encode_artifact(tensors, cfg.codec, config, source, meta)
     stored = decode_artifact(data, "the new artifact").stored
@@ -216,6 +276,49 @@ def _quantize(weights: Weights, hessians: dict[str, torch.Tensor], roles: dict[s
 
 def _errors(W: torch.Tensor, W_hat: torch.Tensor, H: torch.Tensor) -> tuple[float, float]:
     return weight_error(W, W_hat), output_error(W, W_hat, H)
+
+
+def _gate(name: str, W: torch.Tensor, bits: int, hessians: dict[str, torch.Tensor],
+          reports: list[TensorReport]) -> QuantizedTensor:
+    """A gate (heads, window) on the absmax grid, one scale per head row (the record's int8-per-row gates).
+
+    Its output error is that of the gate logits W·x[:window]: x is the attention's input, which c_q reads
+    too, so the Hessian of x[:window] is the leading (window, window) block of c_q's."""
+    rows = W.reshape(W.shape[0], -1)  # (heads, window)
+    q, scales = quantize_absmax(rows, bits, rows.shape[1])
+    W_hat = dequantize(q, scales)
+    H = hessians.get(name.removesuffix("out_gate") + "c_q.weight")
+    errors = _errors(rows, W_hat, H[:rows.shape[1], :rows.shape[1]]) if H is not None else (
+        weight_error(rows, W_hat), None)
+    reports.append(TensorReport(name, GATE.name, bits, W.numel(), entropy_bound_bytes(q.numpy()), *errors))
+    return QuantizedTensor(name, tuple(W.shape), bits, q.numpy(), scales.numpy())
+
+
+def _lqer(state: dict[str, torch.Tensor], quantized: dict[str, tuple[torch.Tensor, torch.Tensor]],
+          hessians: dict[str, torch.Tensor], cfg: QuantizeConfig,
+          reports: list[TensorReport]) -> list[LowRankCorrection]:
+    """Corrections of the lqer_top_k matrices with the largest ‖W − Ŵ‖_F (the record's ranking), in that order."""
+    def parts(name: str) -> tuple[torch.Tensor, torch.Tensor]:  # (W, q·s), float32 (rows, cols), on the CPU
+        return state[name].detach().float().cpu(), dequantize(*quantized[name]).cpu()
+
+    norms = {name: float(torch.sub(*parts(name)).norm()) for name in quantized}
+    corrections = []
+    for name in largest_errors(norms, cfg.lqer_top_k):
+        W, base = parts(name)
+        correction = lqer_correction(W - base, cfg.lqer_rank, cfg.lqer_asym, cfg.lqer_group, cfg.lqer_factor_bits)
+        W_hat = base + correction.matrix()  # as the artifact dequantizes it
+        a, b = correction.a, correction.b
+        details = {"target": name, "rank": a.q.shape[1], "a_bits": a.bits, "a_group": a.group, "b_bits": b.bits,
+                   "b_group": b.group, "symmetric": a.symmetric, "error_norm": norms[name]}
+        reports.append(TensorReport(name + LQER_SUFFIX, LQER, f"{a.bits}/{b.bits}", a.q.numel() + b.q.numel(),
+                                    entropy_bound_bytes(a.q.numpy()) + entropy_bound_bytes(b.q.numpy()),
+                                    *_errors(W, W_hat, hessians[name].cpu()), details=details))
+        corrections.append(LowRankCorrection(name, _int_factor(a), _int_factor(b)))
+    return corrections
+
+
+def _int_factor(f: Factor) -> IntFactor:
+    return IntFactor(f.q.numpy(), f.scales.numpy(), f.bits, f.group, f.symmetric)
 
 
 def _gptq(name: str, W: torch.Tensor, H: torch.Tensor, scales: torch.Tensor, bits: int, damp: float) -> torch.Tensor:
@@ -289,8 +392,8 @@ def _report(result: Quantized, budget: Budget) -> None:
          "codecs picked (integers+scales)")
     for r in result.reports:
         if r.group != PASSTHROUGH:
-            _say(f"  {r.name:<34} int{r.bits}  weight {r.weight_error:.4f}  output {r.output_error:.4f}  "
-                 f"{result.stored[r.name].describe()}")
+            output = "" if r.output_error is None else f"  output {r.output_error:.4f}"
+            _say(f"  {r.name:<34} int{r.bits}  weight {r.weight_error:.4f}{output}  {result.stored[r.name].describe()}")
     passthrough = Counter(result.stored[r.name].describe() for r in result.reports if r.group == PASSTHROUGH)
     if passthrough:
         _say("  fp16 tensors: " + ", ".join(f"{codec} ×{n}" for codec, n in sorted(passthrough.items())))

@@ -4,6 +4,12 @@ Two streaming passes over the corpus: the first trains the tokenizer on the trai
 documents (skipped with an existing tokenizer), the second encodes every document in
 multi-threaded batches and streams the tokens into shards. The output folder is built
 under a temporary name and renamed into place only when complete.
+
+With `case_ops`, every document is CaseOps-transformed first (golfctl/caseops.py), the tokenizer
+reserves the four operators as pieces of their own, and the validation split gets a byte sidecar
+(golfctl/shards.py): each token's original UTF-8 bytes, BOS 0, so that BPB counts the original text.
+The validation split's manifest "bytes" is the sidecar's sum; the training split's, which no score
+uses, its documents' UTF-8 length.
 """
 
 from __future__ import annotations
@@ -20,21 +26,37 @@ from typing import Iterator
 import numpy as np
 import sentencepiece as spm
 
-from golfctl import __version__
+from golfctl import __version__, caseops
 from golfctl.bpb import ByteTables
 from golfctl.corpus import Corpus, open_corpus
-from golfctl.dataset import MANIFEST_FORMAT, MANIFEST_NAME, MANIFEST_VERSION, TOKENIZER_NAME, is_dataset_folder
+from golfctl.dataset import (
+    MANIFEST_FORMAT,
+    MANIFEST_NAME,
+    MANIFEST_VERSION,
+    PLAIN_MANIFEST_VERSION,
+    TOKENIZER_NAME,
+    is_dataset_folder,
+)
 from golfctl.errors import UserError, refuse_problems
 from golfctl.fileio import sha256_bytes, staged_directory
 from golfctl.outputs import check_output_folder
 from golfctl.progress import Progress
-from golfctl.shards import BOS_ID, MAX_VOCAB, ShardWriter
+from golfctl.shards import (
+    BOS_ID,
+    MAX_TOKEN_BYTES,
+    MAX_VOCAB,
+    SIDECAR_FORMAT,
+    SIDECAR_VERSION,
+    ShardWriter,
+    sidecar_stream,
+)
 from golfctl.tokenizer import (
-    CHALLENGE_TRAINER_SETTINGS,
+    check_reserved_pieces,
     check_shard_tokenizer,
     load_tokenizer,
     parse_tokenizer,
     train_tokenizer,
+    trainer_settings,
     training_pieces,
 )
 
@@ -61,6 +83,15 @@ class TokenizeConfig:
     # SentencePiece holds all its training text in memory: cap it (the first training documents).
     tokenizer_train_mb: int = field(default=500, metadata={
         "help": "Train the tokenizer on at most this much text (the first training documents)."})
+    case_ops: bool = field(default=False, metadata={
+        "help": "CaseOps (the 2026-04-27 record's lossless_caps_caseops_v1): lowercase ASCII letters and mark "
+                "capitals with operators U+E001-U+E004 before tokenizing; the validation split gets a byte "
+                "sidecar so that bits per byte count the original text."})
+
+    @property
+    def reserved(self) -> tuple[str, ...]:
+        """Symbols the tokenizer must hold as pieces of their own."""
+        return caseops.MARKERS if self.case_ops else ()
 
     def problems(self) -> list[str]:
         p = []
@@ -93,6 +124,7 @@ def run_tokenize(cfg: TokenizeConfig) -> dict:
         (stage / TOKENIZER_NAME).write_bytes(model)
         sp = parse_tokenizer(model, TOKENIZER_NAME)
         check_shard_tokenizer(sp, TOKENIZER_NAME)
+        check_reserved_pieces(sp, cfg.reserved, str(cfg.tokenizer or TOKENIZER_NAME))
         encoded = _encode_corpus(corpus, sp, stage, val_docs, cfg)
         if encoded.documents == 0:
             raise UserError(f"corpus {corpus.name} holds no documents")
@@ -103,7 +135,8 @@ def run_tokenize(cfg: TokenizeConfig) -> dict:
             )
         manifest = {
             "format": MANIFEST_FORMAT,
-            "version": MANIFEST_VERSION,
+            # what version 2 adds is CaseOps': a dataset without it stays readable by older golfctl
+            "version": MANIFEST_VERSION if cfg.case_ops else PLAIN_MANIFEST_VERSION,
             "created_by": {"golfctl": __version__, "sentencepiece": spm.__version__},
             "source": {
                 **corpus.describe(),
@@ -117,11 +150,13 @@ def run_tokenize(cfg: TokenizeConfig) -> dict:
                 "vocab_size": sp.vocab_size(),
                 "bos_id": sp.bos_id(),
                 "trained_on": trained_on,  # None when reused with --tokenizer
-                "trainer_settings": CHALLENGE_TRAINER_SETTINGS if trained_on else None,
+                "trainer_settings": trainer_settings(cfg.reserved) if trained_on else None,
             },
             "shard_tokens": cfg.shard_tokens,
             "splits": {name: split.finish() for name, split in encoded.splits.items()},
         }
+        if cfg.case_ops:
+            manifest["text_transform"] = caseops.CASEOPS
         (stage / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     for name, split in manifest["splits"].items():
         _say(f"  {name}: {split['docs']:,} docs, {split['tokens']:,} tokens, {split['bytes']:,} bytes, "
@@ -155,10 +190,11 @@ def _tokenizer_model(cfg: TokenizeConfig, corpus: Corpus, val_docs: int) -> tupl
         load_tokenizer(cfg.tokenizer)  # validates before we copy it
         _say(f"tokenize: reusing tokenizer {cfg.tokenizer}")
         return Path(cfg.tokenizer).read_bytes(), None
-    train = _TrainingDocuments(corpus, val_docs, cfg.tokenizer_train_mb * 1_000_000)
-    _say(f"tokenize: training a {cfg.vocab_size}-token BPE tokenizer on the training documents")
+    train = _TrainingDocuments(corpus, val_docs, cfg.tokenizer_train_mb * 1_000_000, cfg.case_ops)
+    transformed = ", CaseOps-transformed" if cfg.case_ops else ""
+    _say(f"tokenize: training a {cfg.vocab_size}-token BPE tokenizer on the training documents{transformed}")
     try:
-        model = train_tokenizer(training_pieces(train), cfg.vocab_size)
+        model = train_tokenizer(training_pieces(train), cfg.vocab_size, cfg.reserved)
     except UserError:
         train.reraise()
         if train.seen == 0:
@@ -182,10 +218,11 @@ class _TrainingDocuments:
     `UserError` stops the iteration and is raised again by `reraise` after training.
     """
 
-    def __init__(self, corpus: Corpus, val_docs: int, max_bytes: int):
+    def __init__(self, corpus: Corpus, val_docs: int, max_bytes: int, case_ops: bool):
         self.corpus = corpus
         self.val_docs = val_docs
         self.max_bytes = max_bytes
+        self.case_ops = case_ops
         self.seen = 0
         self.docs = 0
         self.bytes = 0
@@ -200,7 +237,7 @@ class _TrainingDocuments:
                 if index >= self.val_docs:
                     self.docs += 1
                     self.bytes += len(doc.strip().encode("utf-8"))
-                    yield doc
+                    yield caseops.encode(doc) if self.case_ops else doc
         except UserError as exc:
             self.error = exc
 
@@ -210,27 +247,34 @@ class _TrainingDocuments:
 
 
 class _SplitWriter:
-    def __init__(self, folder: Path, name: str, shard_tokens: int):
+    def __init__(self, folder: Path, name: str, shard_tokens: int, sidecar: bool = False):
         self.shards = ShardWriter(folder, name, shard_tokens)
+        # the same shard size and appends as the tokens: each sidecar shard parallels its token shard
+        self.sidecar = ShardWriter(folder, sidecar_stream(name), shard_tokens) if sidecar else None
         self.docs = 0
         self.tokens = 0
         self.bytes = 0
 
-    def add(self, tokens: np.ndarray, docs: int, n_bytes: int) -> None:
-        """Append whole documents (each starting with BOS), worth `n_bytes` by the BPB rule."""
+    def add(self, tokens: np.ndarray, docs: int, n_bytes: int, target_bytes: np.ndarray | None = None) -> None:
+        """Append whole documents (each starting with BOS), worth `n_bytes`: by the BPB rule, or the sum of
+        `target_bytes`, their sidecar entries (one per token), for a split that has one."""
         self.shards.append(tokens)
+        if self.sidecar is not None:
+            self.sidecar.append(target_bytes)
         self.docs += docs
         self.tokens += tokens.size
         self.bytes += n_bytes
 
     def finish(self) -> dict:
-        records = self.shards.close()
-        return {
-            "docs": self.docs,
-            "tokens": self.tokens,
-            "bytes": self.bytes,
-            "shards": [{"file": r.file, "tokens": r.tokens, "sha256": r.sha256} for r in records],
-        }
+        entry = {"docs": self.docs, "tokens": self.tokens, "bytes": self.bytes, "shards": _records(self.shards)}
+        if self.sidecar is not None:
+            entry["byte_sidecar"] = {"format": SIDECAR_FORMAT, "version": SIDECAR_VERSION,
+                                     "shards": _records(self.sidecar)}
+        return entry
+
+
+def _records(writer: ShardWriter) -> list[dict]:
+    return [{"file": r.file, "tokens": r.tokens, "sha256": r.sha256} for r in writer.close()]
 
 
 @dataclass
@@ -244,34 +288,79 @@ def _encode_corpus(corpus: Corpus, sp: spm.SentencePieceProcessor, folder: Path,
                    cfg: TokenizeConfig) -> _Encoded:
     tables = ByteTables.from_tokenizer(sp)
     threads = cfg.threads or os.cpu_count() or 1
-    splits = {"val": _SplitWriter(folder, "val", cfg.shard_tokens),
+    splits = {"val": _SplitWriter(folder, "val", cfg.shard_tokens, sidecar=cfg.case_ops),
               "train": _SplitWriter(folder, "train", cfg.shard_tokens)}
     source_hash = hashlib.sha256()
     progress = Progress("encode", "docs", total_bytes=corpus.size_bytes)
     index = 0
     for batch in _batches(corpus.documents()):
         raw = [doc.encode("utf-8") for doc in batch]
-        ids_batch = sp.encode(batch, out_type=int, num_threads=threads)
         val_count = max(0, min(len(batch), val_docs - index))
-        if val_count:
-            _check_val_bytes(sp, tables, ids_batch[:val_count], index, threads)
+        if cfg.case_ops:
+            val_ids, val_bytes = _encode_caseops_val(sp, batch[:val_count], index, threads)
+            ids_batch = val_ids + sp.encode([caseops.encode(doc) for doc in batch[val_count:]], out_type=int,
+                                            num_threads=threads)
+        else:
+            ids_batch = sp.encode(batch, out_type=int, num_threads=threads)
+            if val_count:
+                _check_val_bytes(sp, tables, ids_batch[:val_count], index, threads)
         for text in raw:
             source_hash.update(len(text).to_bytes(8, "little"))
             source_hash.update(text)
-        # One flat array per batch, BOS before each document: per-document numpy calls
-        # would cost more than the encoding itself on small web documents.
-        lengths = np.array([len(ids) for ids in ids_batch], dtype=np.int64)
-        body = np.fromiter(itertools.chain.from_iterable(ids_batch), dtype=np.uint16, count=int(lengths.sum()))
-        flat = np.insert(body, np.cumsum(lengths) - lengths, BOS_ID)
-        ends = np.cumsum(lengths + 1)
-        cut = int(ends[val_count - 1]) if val_count else 0
-        for name, tokens, docs in (("val", flat[:cut], val_count), ("train", flat[cut:], len(batch) - val_count)):
-            if docs:
-                splits[name].add(tokens, docs, tables.stream_bytes(tokens))
+        flat = _with_bos(ids_batch, BOS_ID)
+        cut = sum(len(ids) + 1 for ids in ids_batch[:val_count])
+        if val_count:
+            val = flat[:cut]
+            if cfg.case_ops:
+                target_bytes = _with_bos(val_bytes, 0)  # BOS stands for no text
+                splits["val"].add(val, val_count, int(target_bytes.sum()), target_bytes)
+            else:
+                splits["val"].add(val, val_count, tables.stream_bytes(val))
+        if val_count < len(batch):
+            train = flat[cut:]
+            # a CaseOps training split has no sidecar: its documents' length says what it holds
+            n_bytes = sum(map(len, raw[val_count:])) if cfg.case_ops else tables.stream_bytes(train)
+            splits["train"].add(train, len(batch) - val_count, n_bytes)
         index += len(batch)
         progress.update(len(batch), sum(len(t) for t in raw))
     progress.close()
     return _Encoded(index, source_hash.hexdigest(), splits)
+
+
+def _with_bos(docs: list, bos: int) -> np.ndarray:
+    """One flat uint16 array of the documents' values, `bos` before each. One array per batch: per-document
+    numpy calls would cost more than the encoding itself on small web documents."""
+    lengths = np.array([len(doc) for doc in docs], dtype=np.int64)
+    body = np.fromiter(itertools.chain.from_iterable(docs), dtype=np.uint16, count=int(lengths.sum()))
+    return np.insert(body, np.cumsum(lengths) - lengths, bos)
+
+
+def _encode_caseops_val(sp: spm.SentencePieceProcessor, docs: list[str], first_index: int,
+                        threads: int) -> tuple[list[list[int]], list[np.ndarray]]:
+    """Token ids of the CaseOps-transformed validation documents, and each token's original UTF-8 bytes
+    (caseops.piece_original_bytes over its span, the record's surface count). Like the record's, the
+    count leaves out what SentencePiece drops before the first token and after the last (leading and
+    trailing whitespace): each document's bytes must be the UTF-8 length of the original text its
+    tokens' spans cover, decoded back from the transform."""
+    transformed = [caseops.encode(doc) for doc in docs]
+    encoded = sp.encode(transformed, return_type="offset_mapping", num_threads=threads)
+    ids, counts = [], []
+    for offset, (text, tokens) in enumerate(zip(transformed, encoded)):
+        spans = tokens["offsets"]
+        n_bytes = caseops.piece_original_bytes(text, spans)
+        covered = text[spans[0][0]:spans[-1][1]] if spans else ""
+        expected = len(caseops.decode(covered).encode("utf-8"))
+        if int(n_bytes.sum()) != expected:
+            raise UserError(f"validation document {first_index + offset}: its tokens count {int(n_bytes.sum())} "
+                            f"original bytes but their text has {expected}; this tokenizer cannot be scored in "
+                            "bits per byte on CaseOps text")
+        if n_bytes.size and n_bytes.max() > MAX_TOKEN_BYTES:
+            raise UserError(f"validation document {first_index + offset} has a token worth {n_bytes.max():,} bytes "
+                            f"(a long run of whitespace?), more than a sidecar entry holds ({MAX_TOKEN_BYTES:,}); "
+                            "shorten that run in the corpus")
+        ids.append(tokens["ids"])
+        counts.append(n_bytes)
+    return ids, counts
 
 
 def _check_val_bytes(sp: spm.SentencePieceProcessor, tables: ByteTables, ids_batch: list[list[int]],

@@ -77,7 +77,7 @@ class _Trainer:
         self.dataset = open_dataset(run.data)
         self.val = load_validation_set(self.dataset, run.tokenizer, self.cfg.vocab_size, self.cfg.train_seq_len,
                                        ctx.device)
-        self.batches = TrainBatches(self.dataset.splits["train"], self.cfg.train_batch_tokens, self.cfg.train_seq_len,
+        self.batches = TrainBatches(self.dataset.splits["train"], self.cfg.train_batch_tokens, self.cfg.train_row_len,
                                     self.cfg.grad_accum, self.cfg.seed, ctx.rank, ctx.world_size,
                                     vocab_size=self.cfg.vocab_size)
         self.out = Path(run.out)
@@ -156,7 +156,7 @@ class _Trainer:
         def random_batches():
             for _ in range(self.batches.local_micro_batches):
                 tokens = torch.randint(0, cfg.vocab_size, (self.batches.micro_tokens + 1,), generator=generator)
-                yield micro_batch(tokens, cfg.train_seq_len, self.ctx.device)
+                yield micro_batch(tokens, cfg.train_row_len, self.ctx.device)
 
         def run():
             states = list(progress_by_state.items())

@@ -146,3 +146,26 @@ def trained_run(tmp_path_factory, small_dataset) -> Path:
     out = tmp_path_factory.mktemp("trained") / "run"
     run_train(TrainRun(cfg=cfg, data=small_dataset, out=out))
     return out
+
+
+@pytest.fixture(scope="session")
+def caseops_corpus(tmp_path_factory, plays_dir) -> Path:
+    """tests/caseops_docs.py's documents as a .jsonl."""
+    from caseops_docs import TRAIN_PLAYS, VAL_DOCS
+
+    path = tmp_path_factory.mktemp("caseops") / "docs.jsonl"
+    docs = VAL_DOCS + [(plays_dir / name).read_text(encoding="utf-8") for name in TRAIN_PLAYS]
+    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def caseops_dataset(tmp_path_factory, caseops_corpus) -> Path:
+    """A `tokenize --case-ops` dataset (vocab 384) of `caseops_corpus`, its validation documents first."""
+    from caseops_docs import VAL_DOCS
+
+    out = tmp_path_factory.mktemp("caseops") / "data"
+    run_tokenize(TokenizeConfig(out=out, corpus=str(caseops_corpus), vocab_size=384, val_docs=len(VAL_DOCS),
+                                case_ops=True, shard_tokens=64))
+    return out
+

@@ -14,8 +14,9 @@ import pytest
 import torch
 import zstandard
 
-from golfctl.artifact import (CODEC_CHOICES, MAGIC, PREFIX_BYTES, Float16Tensor, QuantizedTensor, decode_artifact,
-                              dequantized_state, encode_artifact, read_artifact, write_artifact)
+from golfctl.artifact import (CODEC_CHOICES, LQER_SUFFIX, MAGIC, PREFIX_BYTES, Float16Tensor, IntFactor,
+                              LowRankCorrection, QuantizedTensor, decode_artifact, dequantized_state, encode_artifact,
+                              read_artifact, write_artifact)
 from golfctl.errors import UserError
 
 CONFIG = {"model_dim": 64, "num_layers": 2, "tie_embeddings": True}
@@ -249,6 +250,13 @@ def test_signed_but_invalid_headers(valid):
     refuse(edit(0, extra=1), "keys")
     refuse(edit(0, coding={"min": -31, "counts": [1] * 63}), "cannot be decoded")
     refuse(edit(0, coding=[1, 2]), "coding")
+    refuse(edit(None, codec="lzma"), "codec 'lzma'")
+    refuse(edit(None, codec=None), "codec None")
+    refuse(edit(None, format="golfctl.eval"), "not a golfctl quantized artifact")
+    refuse(edit(None, version=1), "codec 'auto'")  # version 1 had no per-tensor codecs
+    refuse(edit(None, config=[1]), "config")
+    refuse(edit(None, tensors={}), "tensors")
+    refuse(edit(None, extra=1), "keys")
     for index, entry in enumerate(header["tensors"]):  # every codec's params: each field of a wrong type, or off by one
         for key, value in entry["coding"].items():
             refuse(edit(index, coding={**entry["coding"], key: "1"}), "cannot be decoded")
@@ -266,13 +274,6 @@ def decodes_or_refused(data: bytes) -> bool:
         return False
     assert all(dequantized_state(art)[t.name].shape == t.shape for t in make_tensors())
     return True
-    refuse(edit(None, codec="lzma"), "codec 'lzma'")
-    refuse(edit(None, codec=None), "codec None")
-    refuse(edit(None, format="golfctl.eval"), "not a golfctl quantized artifact")
-    refuse(edit(None, version=1), "header version 1")
-    refuse(edit(None, config=[1]), "config")
-    refuse(edit(None, tensors={}), "tensors")
-    refuse(edit(None, extra=1), "keys")
 
 
 def test_signed_but_unreadable_headers():
@@ -306,3 +307,119 @@ def test_encode_rejects_bad_tensors():
     ]:
         with pytest.raises(ValueError):
             encode_artifact(bad, "ans", {}, {}, {})
+
+
+# LQER corrections (format 3): A·B added to an int tensor when it is dequantized.
+
+def make_corrections(seed: int = 0) -> list:
+    """The tensors of make_tensors plus an asymmetric (int2 A, int4 B in groups of 16) and a symmetric correction."""
+    rng = np.random.default_rng(seed + 1)
+    tensors = make_tensors(seed)
+    asym = LowRankCorrection(
+        "blocks.0.attn.qkv.weight",
+        IntFactor(rng.integers(-2, 2, (32, 3)).astype(np.int8), np.array([0.02], np.float16), 2, 96, False),
+        IntFactor(rng.integers(-8, 8, (3, 48)).astype(np.int8), (rng.random(9) * 0.1).astype(np.float16), 4, 16, False))
+    sym = LowRankCorrection(
+        "tok_emb.weight",
+        IntFactor(rng.integers(-7, 8, (24, 2)).astype(np.int8), rng.random(24).astype(np.float16), 4, 2, True),
+        IntFactor(rng.integers(-7, 8, (2, 16)).astype(np.int8), rng.random(2).astype(np.float16), 4, 16, True))
+    return [*tensors[:1], asym, *tensors[1:], sym]
+
+
+@pytest.mark.parametrize("codec", CODEC_CHOICES)
+def test_corrections_round_trip_bit_exact(codec):
+    tensors = make_corrections()
+    data = encode_artifact(tensors, codec, CONFIG, SOURCE, META)
+    art = decode_artifact(data, "artifact.bin")
+    assert art.version == 3  # and without corrections, version 2:
+    assert decode_artifact(encode_artifact(make_tensors(), codec, CONFIG, SOURCE, META), "v2").version == 2
+    plain = [t for t in tensors if not isinstance(t, LowRankCorrection)]
+    corrections = {t.name: t for t in tensors if isinstance(t, LowRankCorrection)}
+    assert list(art.tensors) == [t.name for t in plain] and list(art.corrections) == list(corrections)
+    state = dequantized_state(art)
+    for name, c in corrections.items():
+        back = art.corrections[name]
+        for got, want in ((back.a, c.a), (back.b, c.b)):
+            assert (got.bits, got.group, got.symmetric) == (want.bits, want.group, want.symmetric)
+            assert got.q.dtype == np.int8 and np.array_equal(got.q, want.q) and np.array_equal(got.scales, want.scales)
+        t = art.tensors[name]
+        base = torch.from_numpy(t.q.astype(np.float32) * t.scales.astype(np.float32)[:, None])
+        A = torch.from_numpy(np.repeat(c.a.scales.astype(np.float32), c.a.group).reshape(c.a.q.shape) * c.a.q)
+        B = torch.from_numpy(np.repeat(c.b.scales.astype(np.float32), c.b.group).reshape(c.b.q.shape) * c.b.q)
+        assert torch.equal(state[name], (base + A @ B).reshape(t.shape))
+        stored = art.stored[name + LQER_SUFFIX]
+        assert stored.total_bytes > 0 and "/" in stored.describe()
+    assert_tensors_equal(art, [t for t in plain if t.name not in corrections])
+    assert sum(s.total_bytes for s in art.stored.values()) == art.payload_bytes
+
+
+def test_encode_rejects_bad_corrections():
+    q, s = np.zeros((2, 3), np.int8), np.ones(2, np.float16)
+    target = QuantizedTensor("a", (2, 3), 6, q, s)
+
+    def factor(shape, bits=4, group=None, symmetric=True, values=0):
+        group = group or shape[1]
+        return IntFactor(np.full(shape, values, np.int8), np.ones(shape[0] * shape[1] // group, np.float16), bits,
+                         group, symmetric)
+
+    good = LowRankCorrection("a", factor((2, 1)), factor((1, 3)))
+    encode_artifact([target, good], "ans", {}, {}, {})
+    for bad in [
+        [good, target],  # before its tensor
+        [target, good, good],  # twice
+        [target, LowRankCorrection("a", factor((2, 3)), factor((3, 3)))],  # rank 3 > min(2, 3)
+        [target, LowRankCorrection("a", factor((2, 1)), factor((1, 2)))],  # B's shape
+        [target, LowRankCorrection("a", factor((2, 1), group=3), factor((1, 3)))],  # group does not divide
+        [target, LowRankCorrection("a", factor((2, 1), values=-8), factor((1, 3)))],  # -8 is beyond ±7
+        [target, LowRankCorrection("a", factor((2, 1), bits=2, symmetric=False, values=-3), factor((1, 3)))],
+    ]:
+        with pytest.raises(ValueError):
+            encode_artifact(bad, "ans", {}, {}, {})
+
+
+def test_signed_but_invalid_correction_headers():
+    """Hostile "lqer" entries behind a valid checksum: every field type- and range-checked, before allocating."""
+    header, payload = parts(encode_artifact(make_corrections(), "auto", CONFIG, SOURCE, META))
+    index = next(i for i, e in enumerate(header["tensors"]) if e["kind"] == "lqer")
+    assert header["tensors"][index]["name"] == "blocks.0.attn.qkv.weight"
+
+    def edit(changes: dict | None = None, factor: str | None = None, **fields) -> bytes:
+        h = json.loads(json.dumps(header))
+        entry = h["tensors"][index]
+        (entry[factor] if factor else entry).update(changes or fields)
+        return resigned(h, payload)
+
+    refuse(edit(rank=0), "rank 0")
+    refuse(edit(rank=33), "rank 33")  # min(32, 48) = 32
+    refuse(edit(rank=True), "rank True")
+    refuse(edit(rank=2.0), "rank 2.0")
+    refuse(edit(name="norm.weight"), "does not follow an int tensor")  # an fp16 tensor
+    refuse(edit(name="missing"), "does not follow an int tensor")
+    refuse(edit(name="tok_emb.weight"), "does not follow an int tensor")  # listed after this entry
+    refuse(edit(name=7), "does not follow an int tensor")
+    refuse(edit(a=[1]), "factor a is not an object")
+    refuse(edit(extra=1), "keys")
+    refuse(edit({"extra": 1}, "b"), "factor b is not an object with the keys")
+    refuse(edit({"bits": 1}, "a"), "factor a bits 1")
+    refuse(edit({"bits": 9}, "b"), "factor b bits 9")
+    refuse(edit({"bits": True}, "a"), "factor a bits True")
+    refuse(edit({"symmetric": "no"}, "a"), "symmetric 'no'")
+    refuse(edit({"group": 0}, "b"), "group 0")
+    refuse(edit({"group": 7}, "b"), "group 7")  # does not divide 3·48
+    refuse(edit({"group": 16.0}, "b"), "group 16.0")
+    refuse(edit({"group": 1 << 62}, "a"), "group")
+    refuse(edit({"codec": "lzma"}, "a"), "codec 'lzma'")
+    refuse(edit({"codec": "split"}, "b"), "codec 'split'")
+    refuse(edit({"scale_codec": "ans"}, "b"), "scale_codec 'ans'")
+    refuse(edit({"coding": []}, "a"), "coding")
+    refuse(edit({"data": 1 << 62}, "a"), "runs past")
+    refuse(edit({"data": -1}, "b"), "runs past")
+    refuse(edit({"scales": header["tensors"][index]["b"]["scales"] + 1}, "b"), "runs past|regions hold")
+    refuse(edit({"symmetric": True}, "a"), "beyond \\[-1, 1\\]")  # int2 A holds -2: only the full range has it
+    refuse(edit({"group": 48}, "b"), "cannot be decoded")  # 3 scales where 9 are stored
+    h = json.loads(json.dumps(header))
+    h["version"] = 2
+    refuse(resigned(h, payload), "kind 'int' or 'fp16'")  # a version 2 file has no corrections
+    h["tensors"].append(json.loads(json.dumps(header["tensors"][index])))
+    h["version"] = 3
+    refuse(resigned(h, payload), "does not follow an int tensor")  # corrected twice

@@ -51,7 +51,7 @@ def test_make_all_chain_reruns_only_what_changed(tmp_path, small_corpus):
     for entry in report["results"].values():
         assert set(entry) >= {"val_loss", "val_bpb", "tokens", "bytes", "seconds"} and 0 < entry["val_bpb"] < 10
     assert report["results"]["ttt"]["chunks"] and report["settings"]["ttt_epochs"] == 1
-    assert sorted(p.name for p in (out / "plots").iterdir()) == ["budget.png", "train.png", "ttt.png"]
+    assert sorted(p.name for p in (out / "plots").iterdir()) == ["budget.png", "quantize.png", "train.png", "ttt.png"]
     for fragment in ("quantized sliding+TTT", "unigram reference", "headroom", "train", "plots/: budget.png"):
         assert fragment in first.stdout
     assert "Nothing to rerun" not in first.stdout

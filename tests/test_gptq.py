@@ -11,8 +11,10 @@ from golfctl.gptq import (
     FP16_MIN_NORMAL,
     HessianAccumulator,
     dequantize,
+    dequantize_absmax,
     output_error,
     qmax,
+    quantize_absmax,
     quantize_gptq,
     quantize_rtn,
     sdclip_scales,
@@ -132,6 +134,55 @@ def test_rtn_clamps_and_matches_formula():
     assert q.abs().max() == qmax(bits) and q[3, 5] == 31 and q[7, 9] == -31
     ref = np.clip(np.rint(W.numpy() / s.numpy()[:, None]), -31, 31)  # rint: half to even, like torch
     np.testing.assert_array_equal(q.numpy(), ref)
+
+
+def test_int7_embedding_grid_is_sdclip_at_qmax_63():
+    """The 04-27 record's embedding: int7 (clip range 63) at 14σ, s = fp16(14·std(row)/63)."""
+    W = _weights() * 0.02
+    s = sdclip_scales(W, 7, 14.0)
+    np.testing.assert_allclose(s.numpy(), 14.0 * W.double().numpy().std(axis=1, ddof=1) / 63, rtol=2.0**-10)
+    q = quantize_rtn(W, s, 7)
+    assert qmax(7) == 63 and q.abs().max() <= 63
+    np.testing.assert_array_equal(q.numpy(), np.clip(np.rint(W.numpy() / s.numpy()[:, None]), -63, 63))
+
+
+def _absmax_reference(X: np.ndarray, group: int, low: int, high: int, divisor: float):
+    """Groups of `group` values flattened row-major: s = fp16(max|g|/divisor), q = clip(rint(x/s), low, high)."""
+    g = X.astype(np.float32).reshape(-1, group)
+    s = (np.maximum(np.abs(g).max(axis=1), np.float32(1e-10)) / np.float32(divisor)).astype(np.float16)
+    q = np.clip(np.rint(g / s.astype(np.float32)[:, None]), low, high)
+    return q.reshape(X.shape), s
+
+
+@pytest.mark.parametrize("bits,group,symmetric,low,high,divisor", [
+    (8, COLS, True, -127, 127, 127.0),  # the record's int8 gate rows: one scale per row, max/127
+    (4, 4, True, -7, 7, 7.0),  # its symmetric LQER factors, one scale per row of 4
+    (2, ROWS * COLS, False, -2, 1, 1.5),  # its LQER-asym A: int2 [-2, 1], one scale, max/1.5
+    (4, 64, False, -8, 7, 7.5),  # its LQER-asym B: int4 [-8, 7], groups of 64, max/7.5
+])
+def test_absmax_grid_ranges_and_scales(bits, group, symmetric, low, high, divisor):
+    X = _weights(3) * torch.linspace(0.01, 2.0, ROWS)[:, None]
+    q, s = quantize_absmax(X, bits, group, symmetric)
+    ref_q, ref_s = _absmax_reference(X.numpy(), group, low, high, divisor)
+    assert q.dtype == torch.int8 and q.shape == X.shape
+    assert s.dtype == torch.float16 and s.shape == (X.numel() // group,)
+    np.testing.assert_array_equal(s.numpy(), ref_s)
+    np.testing.assert_array_equal(q.numpy(), ref_q)
+    assert low <= int(q.min()) and int(q.max()) <= high
+    if symmetric:  # each group's largest magnitude lands on ±qmax
+        assert (q.reshape(-1, group).abs().amax(dim=1) == high).all()
+    expected = (ref_q.reshape(-1, group) * ref_s.astype(np.float32)[:, None]).reshape(X.shape)
+    assert torch.equal(dequantize_absmax(q, s), torch.from_numpy(expected.astype(np.float32)))
+
+
+def test_absmax_zero_groups_and_bad_groups():
+    X = torch.zeros(2, 8)
+    X[1] = torch.arange(8) - 3.5
+    q, s = quantize_absmax(X, 8, 8)
+    assert s[0] == 0 and q[0].eq(0).all() and dequantize_absmax(q, s)[0].eq(0).all()  # the record's 0·anything
+    assert q[1, 0] == -127 and q[1, -1] == 127
+    with pytest.raises(ValueError, match="does not divide"):
+        quantize_absmax(X, 4, 5)
 
 
 # --- Hessian and metrics -----------------------------------------------------------------

@@ -57,7 +57,10 @@ def expected_param_count(c: ModelConfig) -> int:
 
         skips = applications(c.num_loops) // 2  # the training depth's pairs; eval_loops is no shape
     skip_tensors = 2 if c.skip_gates else 1  # skip_weights, and skip_gates of the same shape
-    return c.vocab_size * d + c.num_layers * block + skip_tensors * skips * d
+    gates = (c.num_layers * c.num_heads * c.gate_window if c.attn_gate else 0) + (
+        c.gate_window + 1 if c.smear_gate else 0)  # per-head output gates; the smear's W and λ
+    lanes = 6 * c.num_layers if c.two_lane_start != -1 else 0  # residual (L, 2) and post (L, 2, 2) lane scales
+    return c.vocab_size * d + c.num_layers * block + skip_tensors * skips * d + gates + lanes
 
 
 def count(model: torch.nn.Module) -> int:

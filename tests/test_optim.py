@@ -10,8 +10,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from golfctl.config import TrainConfig
-from golfctl.optim import Muon, build_optimizers, lr_multiplier, muon_momentum, muon_update, newton_schulz5
+from golfctl.config import TrainConfig, config_from_dict
+from golfctl.errors import UserError
+from golfctl.optim import (Muon, build_optimizers, lr_multiplier, muon_momentum, muon_update, newton_schulz5,
+                           ns_coefficients)
 from ranks import run_ranks
 
 
@@ -78,6 +80,14 @@ def test_lr_multiplier_shape():
     assert lr_multiplier(100, 1.5, cfg) == pytest.approx(0.1)  # floor, never below
     assert lr_multiplier(100, 1.0, dataclasses.replace(cfg, min_lr_frac=0.0)) == 0.0
     assert lr_multiplier(100, 1.0, dataclasses.replace(cfg, warmdown_frac=0.0)) == 1.0
+
+
+def test_lr_multiplier_clamped_floor_is_the_04_27_records():
+    """The record's lr_mul: max((1 − p)/0.85, 0.1) once p ≥ 0.15 (its train_gpt.py lines 3355–3360)."""
+    cfg = TrainConfig(warmdown_frac=0.85, min_lr_frac=0.1, min_lr_clamp=True)
+    for p in (0.0, 0.15, 0.3, 0.5, 0.9, 0.915, 0.95, 1.0):
+        expected = max((1.0 - p) / 0.85, 0.1) if p >= 0.15 else 1.0
+        assert lr_multiplier(10_000, p, cfg) == pytest.approx(expected, abs=1e-12), p
 
 
 def test_lr_multiplier_warmdown_follows_progress_not_step():
@@ -189,3 +199,79 @@ def test_distributed_muon_matches_single_process(tmp_path):
         for i, p in enumerate(params):
             torch.testing.assert_close(got[f"param{i}"], p.detach(), atol=1e-6, rtol=0)
             torch.testing.assert_close(got[f"buf{i}"], opt.state[p]["momentum_buffer"], atol=1e-6, rtol=0)
+
+
+# Polar-Express Newton–Schulz and bfloat16 momentum (the 2026-04-27 record's Muon).
+
+# The record's _PE_COEFFS, typed from its train_gpt.py lines 1720-1726.
+RECORD_PE_COEFFS = ((8.156554524902461, -22.48329292557795, 15.878769915207462),
+                    (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+                    (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+                    (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+                    (2.3465413258596377, -1.7097828382687081, 0.42323551169305323))
+
+
+def _singular_polynomial(sigma: torch.Tensor, coefficients) -> torch.Tensor:
+    for a, b, c in coefficients:
+        sigma = a * sigma + b * sigma**3 + c * sigma**5
+    return sigma
+
+
+@pytest.mark.parametrize("schedule", ["quintic", "polar_express"])
+@pytest.mark.parametrize("shape", [(24, 40), (40, 24)])
+def test_newton_schulz_maps_singular_values_by_its_coefficient_polynomials(schedule, shape):
+    """X = U·diag(σ)·Vᵀ → U·diag(p(σ/‖X‖_F))·Vᵀ, p the composition of σ ↦ aσ + bσ³ + cσ⁵ per iteration."""
+    gen = torch.Generator().manual_seed(3)
+    k = min(shape)
+    U = torch.linalg.qr(torch.randn(shape[0], k, generator=gen, dtype=torch.float64))[0]
+    V = torch.linalg.qr(torch.randn(shape[1], k, generator=gen, dtype=torch.float64))[0]
+    sigma = torch.logspace(-2.5, 0.0, k, dtype=torch.float64)
+    G = U @ torch.diag(sigma) @ V.T
+    coefficients = RECORD_PE_COEFFS if schedule == "polar_express" else [(3.4445, -4.7750, 2.0315)] * 5
+    expected = U @ torch.diag(_singular_polynomial(sigma / sigma.norm(), coefficients)) @ V.T
+    got = newton_schulz5(G.float(), 5, schedule).double()
+    torch.testing.assert_close(got, expected, atol=2e-5, rtol=0)
+
+
+def test_polar_express_lands_closer_to_one_and_caps_its_steps():
+    sigma = torch.logspace(-3, 0, 1000, dtype=torch.float64)
+    pe = _singular_polynomial(sigma, RECORD_PE_COEFFS)
+    quintic = _singular_polynomial(sigma, [(3.4445, -4.7750, 2.0315)] * 5)
+    assert (pe - 1).abs().max() < 0.15 < (quintic - 1).abs().max()
+    assert ns_coefficients("polar_express", 5) == RECORD_PE_COEFFS
+    assert ns_coefficients("polar_express", 3) == RECORD_PE_COEFFS[:3]  # the record's _PE_COEFFS[:steps]
+    with pytest.raises(ValueError, match="at most 5"):
+        ns_coefficients("polar_express", 6)
+    with pytest.raises(UserError, match="muon_backend_steps must be at most 5"):
+        config_from_dict(TrainConfig, {"muon_ns_coeffs": "polar_express", "muon_backend_steps": 6})
+    with pytest.raises(UserError, match="muon_ns_coeffs must be one of"):
+        config_from_dict(TrainConfig, {"muon_ns_coeffs": "cubic"})
+
+
+def test_bf16_momentum_rounds_the_gradient_and_keeps_buffer_and_direction_in_bf16():
+    """The record's step: g = bf16(grad); buf ← m·buf + g; d = g + m·buf, all bf16; p ← p − lr·NS(d)."""
+    gen = torch.Generator().manual_seed(5)
+    W = nn.Parameter(torch.randn(12, 20, generator=gen))
+    grads = [torch.randn(12, 20, generator=gen) for _ in range(2)]
+    opt = Muon([W], lr=0.1, momentum=0.9, row_norm=True, momentum_dtype=torch.bfloat16, ns_schedule="polar_express")
+    buf = torch.zeros(12, 20, dtype=torch.bfloat16)
+    for g in grads:
+        before = W.detach().clone()
+        W.grad = g.clone()
+        opt.step()
+        g16 = g.to(torch.bfloat16)
+        buf = (buf * 0.9).to(torch.bfloat16) + g16  # bf16 tensors: every op rounds to bf16
+        direction = g16.add(buf, alpha=0.9)  # the record's Nesterov expression, on bf16 tensors
+        assert opt.state[W]["momentum_buffer"].dtype == torch.bfloat16
+        assert torch.equal(opt.state[W]["momentum_buffer"], buf)
+        expected = before - 0.1 * muon_update(direction, 5, True, "polar_express").float()
+        torch.testing.assert_close(W.detach(), expected, atol=1e-6, rtol=0)
+
+
+def test_build_optimizers_passes_the_frontier_muon_keys():
+    model = Tiny()
+    cfg = dataclasses.replace(CKPT_CFG, muon_ns_coeffs="polar_express", muon_bf16_momentum=True)
+    muon = build_optimizers(model.groups(), cfg, "cpu").optimizers["matrix"]
+    assert muon.param_groups[0]["ns_schedule"] == "polar_express" and muon.momentum_dtype == torch.bfloat16
+    default = build_optimizers(model.groups(), CKPT_CFG, "cpu").optimizers["matrix"]
+    assert default.param_groups[0]["ns_schedule"] == "quintic" and default.momentum_dtype is None

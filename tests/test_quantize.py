@@ -151,3 +151,16 @@ def test_inspect_artifact_and_hostile_files(tmp_path, final_model, small_dataset
         assert result.returncode == 1 and result.stderr.startswith("Error:") and "Traceback" not in result.stderr
     result = golfctl("quantize", tmp_path / "pickle.bin", "--data", small_dataset, "--out", tmp_path / "x.bin")
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+
+
+def test_frontier_quantize_options_are_checked(tmp_path, final_model, small_dataset):
+    base = dict(model=final_model, data=small_dataset, out=tmp_path / "a.bin")
+    problems = QuantizeConfig(**base, gate_bits=1, lqer_top_k=-1, lqer_rank=0, lqer_group=0, lqer_factor_bits=9,
+                              mlp_clip_sigmas=-1.0).problems()
+    for fragment in ("--gate-bits must be 0 (float16) or in 2..8", "--lqer-top-k must be >= 0", "--lqer-rank must be",
+                     "--lqer-group must be", "--lqer-factor-bits must be in 2..8", "--mlp-clip-sigmas must be >= 0"):
+        assert any(fragment in p for p in problems), fragment
+    assert any("--fit bisects" in p for p in QuantizeConfig(**base, fit=True, mlp_clip_sigmas=11.5,
+                                                            attn_clip_sigmas=13.0).problems())
+    result = golfctl("quantize", final_model, "--data", small_dataset, "--out", tmp_path / "b.bin", "--gate-bits", 1)
+    assert_clean_error(result, "--gate-bits must be 0 (float16) or in 2..8")
