@@ -10,8 +10,10 @@ TORCH_VERSION := 2.13.0
 OUT ?= artifacts
 CORPUS ?= shakespeare
 VOCAB ?= 1024
-TOKENIZE_ARGS ?=
 PRESET ?= tiny
+# The frontier presets (the 2026-04-27 record; frontier-tiny, its CPU demo) tokenize with CaseOps.
+FRONTIER = $(filter frontier frontier-tiny,$(PRESET))
+TOKENIZE_ARGS ?= $(if $(FRONTIER),--case-ops)
 NPROC ?= 1
 TRAIN_ARGS ?=
 RESUME ?=
@@ -19,8 +21,11 @@ RESUME ?=
 FRONTIER_QUANT_ARGS := --embed-bits 7 --embed-clip-sigmas 14 --mlp-clip-sigmas 11.5 --attn-clip-sigmas 13 \
 	--clip-sigmas 12.85 --calib-batches 16 --calib-batch-seqs 48 --gate-bits 8 --lqer-top-k 3 --lqer-rank 4 \
 	--lqer-asym --lqer-group 64 --lqer-factor-bits 4
-QUANT_ARGS ?= $(if $(filter frontier,$(PRESET)),$(FRONTIER_QUANT_ARGS))
-EVAL_ARGS ?= --ttt
+QUANT_ARGS ?= $(if $(FRONTIER),$(FRONTIER_QUANT_ARGS))
+# ... and evaluate with its phased LoRA TTT, and its own plain eval (--packed) beside it: 32 sequences
+# a row as the record's, which frontier-tiny's 256-token sequences make rows of 8,192 tokens.
+EVAL_ARGS ?= $(if $(FRONTIER),--ttt --ttt-mode phased --packed$(if $(filter frontier-tiny,$(PRESET)), \
+	--packed-batch-tokens 65536),--ttt)
 RUN := $(OUT)/run
 # DATA: a dataset folder to use instead of tokenizing CORPUS (e.g. the official fineweb10B_sp1024);
 # TOKENIZER: its .model when the folder carries none (official folders don't). Optional for an official

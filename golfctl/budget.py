@@ -19,7 +19,9 @@ DEFAULT_BUDGET = 16_000_000
 QUANTIZE_KEYS = ("method", "bits", "embed_bits", "clip_sigmas", "embed_clip_sigmas", "codec", "damp", "calib_batches",
                  "calib_batch_seqs", "mlp_clip_sigmas", "attn_clip_sigmas", "gate_bits", "lqer_top_k", "lqer_rank",
                  "lqer_asym", "lqer_group", "lqer_factor_bits")
-EVAL_KEYS = ("seq_len", "stride", "batch_seqs", "plain", "sliding", "ttt", "eval_loops", "compile", "compile_backend")
+EVAL_KEYS = ("seq_len", "stride", "batch_seqs", "plain", "sliding", "ttt", "ttt_mode", "packed", "eval_loops", "compile",
+             "compile_backend")
+EVAL_PREFIXES = ("ttt_", "phased_", "packed_")  # the nested configs' keys (score-first TTT, phased TTT, --packed)
 # The eval settings counted before an eval has run (quantize's budget line): the eval stage's
 # defaults with score-first TTT, the challenge's score.
 DEFAULT_EVAL = {"seq_len": 0, "stride": 64, "batch_seqs": 32, "plain": True, "sliding": True, "ttt": True,
@@ -29,14 +31,15 @@ DEFAULT_EVAL = {"seq_len": 0, "stride": 64, "batch_seqs": 32, "plain": True, "sl
 def chain_settings(config: dict, quantize: dict, evaluate: dict | None = None) -> dict:
     """`run_chain`'s keyword arguments: the training config, the quantize settings (artifact meta
     and codec; an older artifact may lack the calibration keys, which then take the stage's
-    defaults) and the eval settings (eval.json's; TTT ones under their `ttt_` names)."""
+    defaults) and the eval settings (eval.json's; the nested configs' under their `ttt_`, `phased_`
+    and `packed_` names)."""
     evaluate = DEFAULT_EVAL if evaluate is None else evaluate
     # Sorted: the settings are baked in as literals, so the same settings must print the same bytes.
     # Without the seed, which the script reads from SEED as the records' do: one script serves every
     # seed of a submission, and every seed's budget counts that script.
     return {"train": {k: v for k, v in sorted(config.items()) if k != "seed"},
             "quantize": {k: quantize[k] for k in sorted(QUANTIZE_KEYS) if k in quantize},
-            "evaluate": {k: v for k, v in sorted(evaluate.items()) if k in EVAL_KEYS or k.startswith("ttt_")}}
+            "evaluate": {k: v for k, v in sorted(evaluate.items()) if k in EVAL_KEYS or k.startswith(EVAL_PREFIXES)}}
 
 
 class OverBudget(UserError):

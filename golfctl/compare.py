@@ -58,7 +58,7 @@ def load_results(path: Path) -> list[Result]:
         return [Result(f"{path.parent.name} seed {seed}", r["val_loss"], r["val_bpb"], None)
                 for seed, r in data["seed_results"].items() if "val_loss" in r]
     results = data.get("results", {})
-    entry = results.get("ttt") or results.get("sliding")
+    entry = results.get("phased") or results.get("ttt") or results.get("sliding")  # the final score first
     if entry is None:
         raise UserError(f"{path} has no sliding or TTT result")
     return [Result(str(path.parent.name or path), entry["val_loss"], entry["val_bpb"], entry["tokens"] / entry["bytes"])]

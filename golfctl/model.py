@@ -17,12 +17,18 @@ the token ids), while rotary positions count along the whole row. The 2026-04-27
 `parameter_roles` is the one place that decides what a parameter is (its `Role`): its optimizer
 group, whether the quantizer puts it on an integer grid, its quantization report group and its
 test-time-training parameter set.
+
+`GPT.forward(lora=…)` adds low-rank adapters (golfctl/lora.py) for phased test-time training: per
+application of a block, deltas on q, k, v, the attention output and the MLP output, and one on the
+head's logits, where the 2026-04-27 record's `forward_ttt` adds them. Without `lora` nothing changes.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -131,6 +137,39 @@ def init_matrix(linear: nn.Linear, cfg: ModelConfig) -> None:
         nn.init.orthogonal_(linear.weight, gain=1.0)
 
 
+Adapter = Callable[[torch.Tensor], torch.Tensor]  # (B, T, in) → (B, T, out), a delta added to a projection
+
+
+@dataclass(frozen=True)
+class SlotAdapters:
+    """The adapters of one block application; None: no adapter there. Each reads the input of the
+    projection it adapts, except `o`, which reads the attention's input (as the record's o-LoRA does),
+    and `mlp`, which reads the MLP's input and adds to its output (before `mlp_scale`)."""
+
+    q: Adapter | None = None
+    k: Adapter | None = None
+    v: Adapter | None = None
+    o: Adapter | None = None
+    mlp: Adapter | None = None
+
+
+NO_ADAPTERS = SlotAdapters()
+
+
+class Adapters(Protocol):
+    """What `GPT.forward(lora=…)` takes: `slot(i)`, the adapters of application i of the layer sequence,
+    and `head(h)`, a (B, T, V) delta on the logits before the softcap, from the final-normed hidden h."""
+
+    def slot(self, i: int) -> SlotAdapters: ...
+
+    def head(self, h: torch.Tensor) -> torch.Tensor: ...
+
+
+def _adapted(linear: nn.Linear, x: torch.Tensor, adapter: Adapter | None) -> torch.Tensor:
+    out = linear(x)
+    return out if adapter is None else out + adapter(x)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig, xsa: bool = False):
         super().__init__()
@@ -153,12 +192,12 @@ class CausalSelfAttention(nn.Module):
         self.out_gate = nn.Parameter(torch.zeros(cfg.num_heads, cfg.gate_window)) if cfg.attn_gate else None
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                starts: torch.Tensor | None = None) -> torch.Tensor:
+                starts: torch.Tensor | None = None, adapters: SlotAdapters = NO_ADAPTERS) -> torch.Tensor:
         """x (B, T, d) → (B, T, d); `starts` (B, T): each token's segment start, for document attention."""
         B, T, _ = x.shape
-        q = self.c_q(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
-        k = self.c_k(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, D)
-        v = self.c_v(x).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, D)
+        q = _adapted(self.c_q, x, adapters.q).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        k, v = (_adapted(linear, x, adapter).view(B, T, self.num_kv_heads, self.head_dim).transpose(1, 2)
+                for linear, adapter in ((self.c_k, adapters.k), (self.c_v, adapters.v)))  # (B, K, T, D) each
         q = apply_rotary(norm(q), cos, sin, self.rope_reverse)
         q = q * self.q_gain.to(q.dtype)[:, None, None]  # (H,) broadcast over (B, H, T, D)
         k = apply_rotary(norm(k), cos, sin, self.rope_reverse)
@@ -168,7 +207,8 @@ class CausalSelfAttention(nn.Module):
         if self.out_gate is not None:
             gate = torch.sigmoid(self.gate_scale * F.linear(x[..., :self.gate_window], self.out_gate))  # (B, T, H)
             y = y * gate.transpose(1, 2).unsqueeze(-1)
-        return self.proj(y.transpose(1, 2).reshape(B, T, -1))
+        out = self.proj(y.transpose(1, 2).reshape(B, T, -1))
+        return out if adapters.o is None else out + adapters.o(x)
 
 
 class MLP(nn.Module):
@@ -180,10 +220,11 @@ class MLP(nn.Module):
         nn.init.zeros_(self.proj.weight)
         self.leaky = cfg.mlp_activation == "leaky_relu2"
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, adapter: Adapter | None = None) -> torch.Tensor:
         h = self.fc(x)  # (B, T, mlp_hidden)
         h = F.leaky_relu(h, 0.5) if self.leaky else F.relu(h)
-        return self.proj(h.square())
+        out = self.proj(h.square())
+        return out if adapter is None else out + adapter(x)
 
 
 class Block(nn.Module):
@@ -206,22 +247,23 @@ class Block(nn.Module):
         self.resid_mix = nn.Parameter(torch.stack((torch.ones(cfg.model_dim), torch.zeros(cfg.model_dim))))
 
     def forward(self, x: torch.Tensor, x0: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                starts: torch.Tensor | None = None) -> torch.Tensor:
+                starts: torch.Tensor | None = None, adapters: SlotAdapters = NO_ADAPTERS) -> torch.Tensor:
         x = self.resid_mix[0] * x + self.resid_mix[1] * x0  # (B, T, d)
         if self.parallel:
             h = self._norm(x)  # the two norms have no weights, so one serves both branches
-            return x + self.attn_scale * self.attn(h, cos, sin, starts) + self.mlp_scale * self.mlp(h)
-        x = x + self.attn_scale * self.attn(self._norm(x), cos, sin, starts)
-        return x + self.mlp_scale * self.mlp(self._norm(x))
+            return (x + self.attn_scale * self.attn(h, cos, sin, starts, adapters)
+                    + self.mlp_scale * self.mlp(h, adapters.mlp))
+        x = x + self.attn_scale * self.attn(self._norm(x), cos, sin, starts, adapters)
+        return x + self.mlp_scale * self.mlp(self._norm(x), adapters.mlp)
 
     def two_lanes(self, lane0: torch.Tensor, lane1: torch.Tensor, x0: torch.Tensor, cos: torch.Tensor,
                   sin: torch.Tensor, starts: torch.Tensor | None, resid: torch.Tensor,
-                  post: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                  post: torch.Tensor, adapters: SlotAdapters = NO_ADAPTERS) -> tuple[torch.Tensor, torch.Tensor]:
         """Attention reads lane 0 mixed with x0, the MLP reads lane 1 as it is; each lane keeps resid[lane]
         of itself and adds post[branch, lane] of each branch's output (branch 0 attention, 1 MLP)."""
         attn_out = self.attn_scale * self.attn(self._norm(self.resid_mix[0] * lane0 + self.resid_mix[1] * x0),
-                                               cos, sin, starts)
-        mlp_out = self.mlp_scale * self.mlp(self._norm(lane1))
+                                               cos, sin, starts, adapters)
+        mlp_out = self.mlp_scale * self.mlp(self._norm(lane1), adapters.mlp)
         return (resid[0] * lane0 + post[0, 0] * attn_out + post[1, 0] * mlp_out,
                 resid[1] * lane1 + post[0, 1] * attn_out + post[1, 1] * mlp_out)
 
@@ -252,7 +294,7 @@ class GPT(nn.Module):
         self.lane_post_scales = nn.Parameter(torch.ones(cfg.num_layers, 2, 2)) if lanes else None
 
     def forward(self, input_ids: torch.Tensor, target_ids: torch.Tensor | None = None, loops: int | None = None,
-                reduction: str = "mean", documents: bool = True) -> torch.Tensor:
+                reduction: str = "mean", documents: bool = True, lora: Adapters | None = None) -> torch.Tensor:
         """Logits (B, T, V) in float32, or the float32 cross-entropy: a scalar mean, or (B, T) for "none".
 
         U-Net skips, for any `loops`: the sequence splits at half = len(sequence) // 2 (`unet_layout`),
@@ -266,6 +308,8 @@ class GPT(nn.Module):
 
         `documents=False` attends causally over the whole row even with doc_max_len (the 04-27 record
         collects GPTQ's Hessians so).
+
+        `lora`: adapters for application i of the layer sequence (`Adapters.slot(i)`) and the head.
 
         Two-lane decoder: at the first decoder application of a block at or past two_lane_start, both
         lanes start as x; from there skips enter lane 0 only, and the final norm reads the lanes' mean.
@@ -290,16 +334,21 @@ class GPT(nn.Module):
                     x = self._add_skip(x, skips.pop(), i - half)
                 else:
                     lanes = (self._add_skip(lanes[0], skips.pop(), i - half), lanes[1])
+            adapters = NO_ADAPTERS if lora is None else lora.slot(i)
             if lanes is None:
-                x = block(x, x0, cos, sin, starts)
+                x = block(x, x0, cos, sin, starts, adapters)
             else:
                 lanes = block.two_lanes(*lanes, x0, cos, sin, starts, self.lane_resid_scales[layer],
-                                        self.lane_post_scales[layer])
+                                        self.lane_post_scales[layer], adapters)
             if half - pairs <= i < half:
                 skips.append(x)
         if lanes is not None:
             x = 0.5 * (lanes[0] + lanes[1])
-        logits = F.linear(self.final_norm(x), self.tok_emb.weight).float()  # (B, T, V), tied head
+        h = self.final_norm(x)
+        logits = F.linear(h, self.tok_emb.weight)  # (B, T, V), tied head
+        if lora is not None:
+            logits = logits + lora.head(h)
+        logits = logits.float()
         c = self.cfg.logit_softcap
         logits = c * torch.tanh(logits / c)
         if target_ids is None:

@@ -5,7 +5,12 @@ costs what a real one does):
 - a scoring pass (plain or sliding): the rank's share of the windows, in forwards of
   `batch_seqs` rows of seq_len tokens;
 - score-first TTT: each chunk's windows scored the same way, then, on every chunk but the last,
-  `epochs` passes of training steps of `step_rows` rows (forward and backward).
+  `epochs` passes of training steps of `step_rows` rows (forward and backward);
+- phased TTT (`phased_work`, golfctl/phased_ttt.py): per queue batch, per chunk, one forward of
+  (documents, window) tokens, with a backward where the batch trains on that chunk, on the busiest
+  rank of each stretch between phases (lanes → ranks as phased_ttt assigns them); then each
+  phase's SGD over its documents' sequences, shared by the ranks. The adapters' own FLOPs are
+  counted as a factor on the rows (`lora_factor`); work is given in rows of `seq_len` tokens.
 
 Seconds = forward tokens × forward FLOPs per token / forward FLOP/s, plus the same for training
 (3× the forward's FLOPs); FLOPs per token as `golfctl.model.model_flops_per_token` counts them.
@@ -23,9 +28,12 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from golfctl.config import ModelConfig, TrainConfig, resolve_config
 from golfctl.errors import UserError
-from golfctl.model import model_flops_per_token
+from golfctl.model import layer_sequence, model_flops_per_token
+from golfctl.phased_ttt import PhasedTTTConfig, batch_queue, global_sgd_documents, phase_boundaries, phase_ends
 from golfctl.scoring import sliding_windows, windows_by_chunk
 from golfctl.ttt import TTTConfig, chunk_sequences, step_rows
 
@@ -92,6 +100,101 @@ def ttt_work(n_tokens: int, seq_len: int, stride: int, batch_seqs: int, cfg: TTT
     return PassWork("ttt", len(windows), forward, len(chunks), steps, steps * step_rows(cfg, seq_len, world_size))
 
 
+def lora_factor(cfg: ModelConfig, loops: int, phased: PhasedTTTConfig) -> float:
+    """(model + adapters) / model forward FLOPs per token: each adapter (in → rank → out) costs
+    2·rank·(in + out); q, v and the head always, k, attention output and MLP as `phased.lora` says,
+    once per block application."""
+    d, kv = cfg.model_dim, cfg.num_kv_heads * cfg.head_dim
+    extra = set(phased.lora.split(","))
+    per_application = (d + d) + (d + kv) + ("k" in extra) * (d + kv) + ("o" in extra) * (d + d) + ("mlp" in extra) * (d + d)
+    adapters = 2 * phased.lora_rank * (len(layer_sequence(cfg, loops)) * per_application + d + cfg.vocab_size)
+    model = model_flops_per_token(cfg, phased.seq_len, loops) / 3
+    return (model + adapters) / model
+
+
+def phased_work(doc_lengths: list[int], cfg: PhasedTTTConfig, world_size: int, factor: float,
+                row_len: int) -> tuple[PassWork, PassWork]:
+    """Phased TTT's work on the busiest rank (module docstring) in rows of `row_len` tokens: the
+    adapter passes ("phased": `windows` counts documents, `chunks` queue batches) and the phases'
+    SGD ("phase SGD")."""
+    queue = batch_queue(doc_lengths, cfg.batch_docs)
+    boundaries = phase_boundaries(len(doc_lengths), cfg)
+    ends = phase_ends(queue, boundaries)
+    forward = train = steps = 0
+    start = 0
+    for end in [*ends, len(queue) - 1]:  # one stretch of the queue per phase, the last after the last phase
+        per_rank = [[0, 0, 0] for _ in range(world_size)]  # forward-only tokens, trained tokens, steps
+        for batch in queue[start:end + 1]:
+            work = per_rank[(batch.queue_index % cfg.lanes) % world_size]
+            chunks = [_ceil_div(doc_lengths[d] - 1, cfg.chunk_tokens) for d in batch.docs]
+            for c in range(max(chunks)):
+                trains = any(c < n - 1 for n in chunks)
+                work[1 if trains else 0] += len(batch.docs) * min((c + 1) * cfg.chunk_tokens, cfg.seq_len)
+                work[2] += trains * cfg.grad_steps
+        busiest = max(per_rank, key=lambda w: w[0] + 3 * w[1])
+        forward, train, steps = forward + busiest[0], train + busiest[1], steps + busiest[2]
+        start = end + 1
+    sgd_tokens = sgd_steps = 0
+    for boundary, end in zip(boundaries, ends):  # each phase's SGD on the documents scored so far
+        tokens = sum(doc_lengths[d] for d in global_sgd_documents(queue, end, boundary))
+        for i in range(0, tokens, cfg.global_chunk_tokens)[:-1]:  # the last chunk is not trained on
+            seqs = _ceil_div(min(cfg.global_chunk_tokens, tokens - i) // cfg.global_seq_len, world_size)
+            sgd_tokens += cfg.global_epochs * seqs * cfg.global_seq_len
+            sgd_steps += cfg.global_epochs * _ceil_div(seqs, cfg.global_batch_seqs)
+    adapters = PassWork("phased", len(doc_lengths), _ceil_div(math.ceil(forward * factor), row_len), len(queue), steps,
+                        _ceil_div(math.ceil(train * factor), row_len))
+    return adapters, PassWork("phase SGD", 0, 0, len(ends), sgd_steps, _ceil_div(sgd_tokens, row_len))
+
+
+@dataclass(frozen=True)
+class RecordPhasedEval:
+    """The 2026-04-27 record's phased TTT as its train_seed42.log shows it (8 × H100)."""
+
+    documents: int = 50_000  # ttt_phased: total_docs:50000
+    val_tokens: int = 47_851_520  # val_tokens
+    world_size: int = 8
+    seconds: float = 508.785  # quantized_ttt_phased eval_time:508785ms
+    phase_seconds: tuple[float, ...] = (16.6, 29.8, 38.0)  # ttpp → ttpr of phases 1–3 (t:209.3→225.9, …)
+    warmup_seconds: float = 137.6  # ttt_lora:compile warmup done (137.6s), on random tokens before the timer
+
+
+def record_document_lengths(record: RecordPhasedEval = RecordPhasedEval()) -> list[int]:
+    """The record's validation document lengths, rebuilt from the batches its logs print
+    (presets/record_0427_ttt_batches.txt: 213 of 782 batches' shortest and longest document):
+    each batch's 64 lengths spread evenly between its two, unlogged batches interpolated, all
+    scaled to the logged token count."""
+    rows = [line.split() for line in (Path(__file__).parent / "presets" / "record_0427_ttt_batches.txt")
+            .read_text(encoding="utf-8").splitlines() if line and not line.startswith("#")]
+    logged, shortest, longest = (np.array([int(r[i]) for r in rows]) for i in range(3))
+    batches = _ceil_div(record.documents, 64)
+    index = np.arange(1, batches + 1)
+    lows, highs = np.interp(index, logged, shortest), np.interp(index, logged, longest)
+    sizes = [64] * (batches - 1) + [record.documents - 64 * (batches - 1)]
+    lengths = np.concatenate([np.linspace(lo, hi, n) for lo, hi, n in zip(lows, highs, sizes)])
+    return np.maximum(2, np.round(lengths * record.val_tokens / lengths.sum())).astype(int).tolist()
+
+
+@functools.cache
+def phased_rates(record: RecordPhasedEval = RecordPhasedEval()) -> tuple[Rates, Rates]:
+    """Per-GPU rates (adapter passes, phase SGD) that give the record's logged seconds for the
+    work counted here at its settings (PhasedTTTConfig's defaults, 8 lanes as its 8 GPUs)."""
+    cfg = resolve_config(TrainConfig, "frontier")
+    loops, phased = cfg.resolved_eval_loops, PhasedTTTConfig()
+    flops = forward_flops_per_token(cfg, phased.seq_len, loops)
+    adapters, sgd = phased_work(record_document_lengths(record), phased, record.world_size,
+                                lora_factor(cfg, loops, phased), phased.seq_len)
+    source = (f"calibrated from the 2026-04-27 record's log (phased TTT {record.seconds:.1f} s, of which "
+              f"phase SGD {sum(record.phase_seconds):.1f} s, on {record.world_size} × H100)")
+    adapter_rate = (adapters.forward_rows + 3 * adapters.train_rows) * phased.seq_len * flops / (
+        record.seconds - sum(record.phase_seconds))
+    sgd_rate = 3 * sgd.train_rows * phased.seq_len * flops / sum(record.phase_seconds)
+    return Rates(adapter_rate, adapter_rate, source), Rates(sgd_rate, sgd_rate, source)
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
 def seconds(work: PassWork, seq_len: int, flops_per_token: float, rates: Rates) -> float:
     return (work.forward_rows * seq_len * flops_per_token / rates.forward
             + work.train_rows * seq_len * 3 * flops_per_token / rates.train)
@@ -146,7 +249,11 @@ def plan_lines(works: list[PassWork], seq_len: int, flops_per_token: float, rate
         estimate = seconds(work, seq_len, flops_per_token, rates)
         total += estimate
         detail = f"{work.windows:,} windows, forward {work.forward_rows * seq_len:,} tokens/rank"
-        if work.chunks:
+        if work.name == "phased":
+            detail = (f"{work.windows:,} documents in {work.chunks:,} batches, forward {work.forward_rows * seq_len:,} "
+                      f"and forward+backward {work.train_rows * seq_len:,} token-equivalents/rank (adapters "
+                      f"included), {work.train_steps:,} steps")
+        elif work.chunks:
             detail += (f"; {work.chunks:,} chunks, {work.train_steps:,} training steps, forward+backward "
                        f"{work.train_rows * seq_len:,} tokens/rank")
         lines.append(f"  {work.name:<8} {detail}: est. {estimate:,.1f} s")

@@ -60,7 +60,8 @@ def report_lines(out: Path, data: Path | None = None) -> list[str]:
     val = dataset.splits["val"].load_tokens()
     rows = [_row("fp (plain)", "eval_fp.json", fp, "plain"), _row("quantized plain", "eval.json", quantized, "plain"),
             _row("quantized sliding", "eval.json", quantized, "sliding"),
-            _row("quantized sliding+TTT", "eval.json", quantized, "ttt")]
+            _row("quantized sliding+TTT", "eval.json", quantized, "ttt"),
+            _row("quantized phased TTT", "eval.json", quantized, "phased")]
     rows = [r for r in rows if r is not None]
     if not rows:
         raise UserError(f"{out}: eval.json and eval_fp.json hold no results; rerun golfctl eval")

@@ -44,7 +44,8 @@ from golfctl.precision import autocast
 from golfctl.progress import Progress, global_steps
 
 Tokens = np.ndarray | Tensor  # the whole stream: uint16 numpy array or integer torch tensor, shape (n,)
-PLAIN_BATCH_TOKENS = 131_072  # tokens per forward of a plain score
+PLAIN_BATCH_TOKENS = 131_072  # tokens per forward of a plain score, at most…
+PLAIN_BATCH_LOGITS = 1 << 28  # …and at most this many logits (1 GiB in float32): an 8192 vocabulary gets 32,768
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,12 +206,14 @@ class Scorer:
 def score_plain(model: nn.Module, tokens: Tokens, tables: TargetBytes, seq_len: int, ctx: DistContext,
                 loops: int, progress: Progress | None = None) -> Sums:
     """The plain score (module docstring) of the whole stream `tokens`, up to PLAIN_BATCH_TOKENS per
-    forward (fewer for a short stream, which one padded batch would waste)."""
+    forward and PLAIN_BATCH_LOGITS logits of its `tok_emb` vocabulary (fewer for a short stream, which
+    one padded batch would waste)."""
     was_training = model.training
     try:
         windows = plain_windows(len(tokens), seq_len)
         per_rank = -(-len(windows) // ctx.world_size)
-        scorer = Scorer(model, tables, ctx, loops, max(1, min(PLAIN_BATCH_TOKENS // seq_len, per_rank)), seq_len)
+        batch_tokens = min(PLAIN_BATCH_TOKENS, PLAIN_BATCH_LOGITS // model.tok_emb.num_embeddings)
+        scorer = Scorer(model, tables, ctx, loops, max(1, min(batch_tokens // seq_len, per_rank)), seq_len)
         return scorer.score(tokens, windows, progress)
     finally:
         model.train(was_training)

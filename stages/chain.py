@@ -14,15 +14,18 @@ val_bpb:… eval_time:…ms`, `Total submission size …: N bytes`).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import sys
 from pathlib import Path
 
-from golfctl.budget import code_bytes
+from golfctl.budget import EVAL_KEYS, code_bytes
 from golfctl.config import TrainConfig, config_from_dict
 from golfctl.distributed import DistContext, on_main, run_distributed
 from golfctl.errors import UserError
+from golfctl.packed import PackedConfig
+from golfctl.phased_ttt import PhasedTTTConfig
 from golfctl.ttt import TTTConfig
 from stages.ema_finalize import EmaFinalizeConfig, run_ema_finalize
 from stages.evaluate import EvalConfig, run_eval
@@ -32,7 +35,8 @@ from stages.train import TrainRun, run_train
 OUT = Path("golfctl_run")
 DEFAULT_SEED = 1337  # without SEED, as the challenge's scripts
 # eval.json's method name → the label the records print
-RESULT_LABELS = {"plain": "quantized", "sliding": "quantized_sliding_window", "ttt": "quantized_ttt"}
+RESULT_LABELS = {"plain": "quantized", "sliding": "quantized_sliding_window", "ttt": "quantized_ttt",
+                 "phased": "quantized_ttt_phased", "packed": "diagnostic quantized"}
 
 
 def run_chain(train: dict, quantize: dict, evaluate: dict) -> None:
@@ -57,10 +61,12 @@ def _chain(ctx: DistContext, train: dict, quantize: dict, evaluate: dict) -> Non
             "finalizing the EMA weights")
     on_main(ctx, lambda: run_quantize(QuantizeConfig(model=final, data=data, out=artifact, **quantize)),
             "quantizing")
-    ttt = TTTConfig(**{k.removeprefix("ttt_"): v for k, v in evaluate.items() if k.startswith("ttt_")})
-    options = {k: v for k, v in evaluate.items() if not k.startswith("ttt_")}
-    report = run_eval(EvalConfig(model=artifact, data=data, out=OUT / "eval.json", tokenizer=tokenizer,
-                                 ttt_config=ttt, **options))
+    nested = {"ttt_config": _nested(evaluate, "ttt_", TTTConfig),
+              "phased_config": _nested(evaluate, "phased_", PhasedTTTConfig),
+              "packed_config": _nested(evaluate, "packed_", PackedConfig)}
+    options = {k: v for k, v in evaluate.items() if k in EVAL_KEYS}
+    report = run_eval(EvalConfig(model=artifact, data=data, out=OUT / "eval.json", tokenizer=tokenizer, **nested,
+                                 **options))
     if ctx.is_main:
         model_bytes, script_bytes = artifact.stat().st_size, code_bytes({})
         codec = quantize.get("codec", QuantizeConfig.codec)
@@ -70,6 +76,13 @@ def _chain(ctx: DistContext, train: dict, quantize: dict, evaluate: dict) -> Non
         for name, entry in report["results"].items():
             print(f"{RESULT_LABELS[name]} val_loss:{entry['val_loss']:.8f} val_bpb:{entry['val_bpb']:.8f} "
                   f"eval_time:{1000 * entry['seconds']:.0f}ms", flush=True)
+
+
+def _nested(evaluate: dict, prefix: str, cls: type):
+    """One nested eval config from the settings' `prefix` keys (`ttt_mode` is EvalConfig's own)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k.removeprefix(prefix): v for k, v in evaluate.items()
+                  if k.startswith(prefix) and k.removeprefix(prefix) in names})
 
 
 def _environment() -> dict:

@@ -3,9 +3,11 @@
 Methods (window policies in golfctl/scoring.py): plain (non-overlapping windows of seq_len),
 sliding (windows every `stride` tokens, each target scored exactly once) and, with `ttt`,
 score-first test-time training (golfctl/ttt.py): each chunk is scored with the current weights
-before the model trains on it. The weights come from the file for every run and nothing
-persists. BPB follows docs/design.md ("BPB") with the dataset's tokenizer, whose byte count of
-the split is checked against the manifest before any scoring.
+before the model trains on it; with `--ttt --ttt-mode phased`, the 2026-04-27 record's phased LoRA
+test-time training instead (golfctl/phased_ttt.py: per-document adapters, global SGD phases; run
+eagerly, never compiled). The weights come from the file for every run and nothing persists.
+BPB follows docs/design.md ("BPB") with the dataset's tokenizer, whose byte count of the split
+is checked against the manifest before any scoring.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from golfctl.outputs import JSON, check_output_file
 from golfctl.progress import Progress, tee_stderr, utc_now
 from golfctl.scoring import Scorer, Sums, Window, plain_windows, sliding_windows
 from golfctl.packed import PackedConfig, packed_rows
+from golfctl.phased_ttt import PhasedSums, PhasedTTTConfig, phased_ttt
+from golfctl.shards import BOS_ID
 from golfctl.ttt import ChunkedSums, TTTConfig, score_by_chunk, score_first_ttt, warm_up
 from golfctl.validation import load_validation_set
 from golfctl.weights import build_model, load_weights, refuse_non_finite
@@ -52,8 +56,13 @@ class EvalConfig:
     batch_seqs: int = field(default=32, metadata={"help": "Windows per forward."})
     plain: bool = field(default=True, metadata={"help": "Score plain non-overlapping windows."})
     sliding: bool = field(default=True, metadata={"help": "Score sliding windows."})
-    ttt: bool = field(default=False, metadata={"help": "Also score with score-first test-time training."})
+    ttt: bool = field(default=False, metadata={"help": "Also score with test-time training (--ttt-mode)."})
+    ttt_mode: str = field(default="sliding", metadata={
+        "choices": ("sliding", "phased"),
+        "help": "What --ttt runs: sliding (score-first TTT on sliding windows, --ttt-* options) or phased (the "
+                "2026-04-27 record's phased LoRA TTT, --phased-* options)."})
     ttt_config: TTTConfig = field(default_factory=TTTConfig, metadata={"prefix": "ttt"})
+    phased_config: PhasedTTTConfig = field(default_factory=PhasedTTTConfig, metadata={"prefix": "phased"})
     packed: bool = field(default=False, metadata={
         "help": "Also score as the 04-27 record's eval_val (golfctl/packed.py): packed rows, attention inside "
                 "documents, the record's rank ranges and truncation emulated."})
@@ -80,8 +89,21 @@ class EvalConfig:
              for k in ("seq_len", "eval_loops", "max_val_tokens", "world_size") if getattr(self, k) < 0]
         p += [f"--{k.replace('_', '-')} must be positive, got {getattr(self, k)}"
               for k in ("stride", "batch_seqs") if getattr(self, k) < 1]
-        return p + (self.ttt_config.problems() if self.ttt else []) + (self.packed_config.problems() if self.packed
-                                                                         else [])
+        if self.ttt_mode != "sliding" and not self.ttt:
+            p.append(f"--ttt-mode {self.ttt_mode} is what --ttt runs: add --ttt")
+        return (p + (self.ttt_config.problems() if self.sliding_ttt else [])
+                + (self.phased_config.problems() if self.phased_ttt else [])
+                + (self.packed_config.problems() if self.packed else []))
+
+    @property
+    def sliding_ttt(self) -> bool:
+        """Score-first TTT on sliding windows (golfctl/ttt.py): what a plain --ttt runs."""
+        return self.ttt and self.ttt_mode == "sliding"
+
+    @property
+    def phased_ttt(self) -> bool:
+        """Phased LoRA TTT (golfctl/phased_ttt.py)."""
+        return self.ttt and self.ttt_mode == "phased"
 
     def _input_problems(self) -> list[str]:
         if not self.plan:
@@ -120,7 +142,10 @@ def _evaluate(cfg: EvalConfig, ctx: DistContext) -> dict:
     ranges = _packed_ranges(tokens, seq_len, cfg.packed_config, config.doc_max_len) if cfg.packed else []
     model = build_model(weights, ctx.device)
     _check_loops(model, loops)
-    ttt_params = _ttt_parameters(model, cfg) if cfg.ttt else []
+    ttt_params = _ttt_parameters(model, cfg) if cfg.sliding_ttt else []
+    if cfg.phased_ttt and tokens[0] != BOS_ID:
+        raise UserError("--ttt-mode phased scores whole documents from their BOS; this validation stream does not "
+                        "start with one")
     _say(ctx, select_attention(ctx.device))
     compiler = Compiler(config.compile if cfg.compile is None else cfg.compile,
                         cfg.compile_backend or config.compile_backend)
@@ -133,17 +158,21 @@ def _evaluate(cfg: EvalConfig, ctx: DistContext) -> dict:
     if cfg.plain:
         results["plain"] = _timed(ctx, "plain", tokens.size - 1, lambda progress: scorer.score(
             tokens, plain_windows(tokens.size, seq_len), progress))
-    windows = sliding_windows(tokens.size, seq_len, cfg.stride) if cfg.sliding or cfg.ttt else []
-    if cfg.sliding and cfg.ttt:  # per TTT chunk too, so that TTT's gain can be read chunk by chunk
+    windows = sliding_windows(tokens.size, seq_len, cfg.stride) if cfg.sliding or cfg.sliding_ttt else []
+    if cfg.sliding and cfg.sliding_ttt:  # per TTT chunk too, so that TTT's gain can be read chunk by chunk
         results["sliding"] = _timed(ctx, "sliding", tokens.size - 1, lambda progress: score_by_chunk(
             scorer, tokens, windows, cfg.ttt_config.chunk_tokens, progress))
     elif cfg.sliding:
         results["sliding"] = _timed(ctx, "sliding", tokens.size - 1,
                                     lambda progress: scorer.score(tokens, windows, progress))
-    if cfg.ttt:
+    if cfg.sliding_ttt:
         with _weights_restored(model):  # nothing learned at test time persists
             results["ttt"] = _timed(ctx, "ttt", tokens.size - 1, lambda progress: score_first_ttt(
                 scorer, tokens, windows, cfg.ttt_config, ttt_params, progress))
+    if cfg.phased_ttt:
+        with _weights_restored(model):
+            results["phased"] = _timed(ctx, "phased", tokens.size - 1, lambda progress: phased_ttt(
+                model, tokens, val.tables, ctx, loops, cfg.phased_config, progress))
     if ranges:
         results["packed"] = _timed(ctx, "packed", sum(w.n_scored for windows in ranges for w in windows),
                                    lambda progress: _score_packed(row_scorer, tokens, ranges, progress))
@@ -169,17 +198,19 @@ def _evaluate(cfg: EvalConfig, ctx: DistContext) -> dict:
 def eval_geometry(cfg: EvalConfig, config) -> tuple[int, int]:
     """(seq_len, loops) of this eval: the options, else the model's; checked against stride and chunk."""
     seq_len = cfg.seq_len or config.train_seq_len
-    if (cfg.sliding or cfg.ttt) and cfg.stride > seq_len:  # only sliding windows (TTT's too) have a stride
+    if (cfg.sliding or cfg.sliding_ttt) and cfg.stride > seq_len:  # only sliding windows (TTT's too) have a stride
         raise UserError(f"--stride {cfg.stride} must be between 1 and --seq-len {seq_len}")
-    if cfg.ttt and cfg.ttt_config.chunk_tokens < seq_len:
+    if cfg.sliding_ttt and cfg.ttt_config.chunk_tokens < seq_len:
         raise UserError(f"--ttt-chunk-tokens {cfg.ttt_config.chunk_tokens} must be at least --seq-len {seq_len}")
     return seq_len, cfg.eval_loops or config.resolved_eval_loops
 
 
 def _settings(cfg: EvalConfig) -> dict:
-    """The options as flat JSON values, TTT's under their `ttt_` names."""
-    flat = {k: v for k, v in asdict(cfg).items() if k not in ("ttt_config", "packed_config", "plan", "preset", "rates")}
+    """The options as flat JSON values, TTT's under their `ttt_` names (phased TTT's `phased_`)."""
+    flat = {k: v for k, v in asdict(cfg).items()
+            if k not in ("ttt_config", "phased_config", "packed_config", "plan", "preset", "rates")}
     flat |= {f"ttt_{k}": v for k, v in asdict(cfg.ttt_config).items()}
+    flat |= {f"phased_{k}": v for k, v in asdict(cfg.phased_config).items()}
     flat |= {f"packed_{k}": v for k, v in asdict(cfg.packed_config).items()}
     return {k: str(v) if isinstance(v, Path) else v for k, v in flat.items()}
 
@@ -209,7 +240,7 @@ def _warm_up(compiler: Compiler, scorers: list[Scorer | None], model, cfg: EvalC
     def run() -> None:
         for i, scorer in enumerate(scorers):
             if scorer is not None:
-                warm_up(scorer, vocab, cfg.ttt_config if cfg.ttt and i == 0 else None, ttt_params)
+                warm_up(scorer, vocab, cfg.ttt_config if cfg.sliding_ttt and i == 0 else None, ttt_params)
 
     with _weights_restored(model):
         compiler.warm_up(run, scorers[0].ctx.device)
@@ -239,8 +270,11 @@ def _timed(ctx: DistContext, name: str, targets: int, run: Callable[[Progress | 
              "seconds": seconds}
     if isinstance(sums, ChunkedSums):
         entry["chunks"] = sums.chunks
+    if isinstance(sums, PhasedSums):  # per document in stream order; per phase, the last after the last global SGD
+        entry |= {"documents": sums.documents, "phases": sums.phases}
     if not math.isfinite(sums.loss):  # ranks agree: the sums are all-reduced
-        hint = "lower --ttt-lr or --ttt-grad-clip" if name == "ttt" else "check the weights with golfctl inspect"
+        hint = {"ttt": "lower --ttt-lr or --ttt-grad-clip", "phased": "lower --phased-lora-lr or --phased-global-lr"
+                }.get(name, "check the weights with golfctl inspect")
         raise UserError(f"eval {name}: the loss is not finite ({sums.loss}); nothing was written; {hint}")
     _say(ctx, f"  {name:<8} val_loss {sums.loss:.4f}  val_bpb {sums.bpb:.4f}  {sums.tokens:,} tokens  "
               f"{seconds:.1f}s ({sums.tokens / max(seconds, 1e-9):,.0f} tokens/s)")
