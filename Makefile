@@ -22,10 +22,12 @@ FRONTIER_QUANT_ARGS := --embed-bits 7 --embed-clip-sigmas 14 --mlp-clip-sigmas 1
 	--clip-sigmas 12.85 --calib-batches 16 --calib-batch-seqs 48 --gate-bits 8 --lqer-top-k 3 --lqer-rank 4 \
 	--lqer-asym --lqer-group 64 --lqer-factor-bits 4
 QUANT_ARGS ?= $(if $(FRONTIER),$(FRONTIER_QUANT_ARGS))
-# ... and evaluate with its phased LoRA TTT, and its own plain eval (--packed) beside it: 32 sequences
-# a row as the record's, which frontier-tiny's 256-token sequences make rows of 8,192 tokens.
+# ... and evaluate with its phased LoRA TTT, and its own plain eval (--packed) beside it. frontier-tiny
+# attends within 256 tokens: its TTT windows and SGD sequences are 256 long, and its packed rows hold
+# the record's 32 sequences (65,536 / 8 ranks / 256).
+TINY_EVAL_ARGS := --phased-seq-len 256 --phased-global-seq-len 256 --packed-batch-tokens 65536
 EVAL_ARGS ?= $(if $(FRONTIER),--ttt --ttt-mode phased --packed$(if $(filter frontier-tiny,$(PRESET)), \
-	--packed-batch-tokens 65536),--ttt)
+	$(TINY_EVAL_ARGS)),--ttt)
 RUN := $(OUT)/run
 # DATA: a dataset folder to use instead of tokenizing CORPUS (e.g. the official fineweb10B_sp1024);
 # TOKENIZER: its .model when the folder carries none (official folders don't). Optional for an official
