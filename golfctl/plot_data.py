@@ -123,7 +123,9 @@ def _read_ttt(path: Path, report: dict, data: RunData) -> None:
     results = report.get("results") or {}
     chunks = (results.get("ttt") or {}).get("chunks")
     if not chunks:
-        data.warnings.append(f"{path} holds no TTT chunks (eval without --ttt?); no ttt.png for {data.label}")
+        why = ("its TTT is phased, which has no stream chunks" if "phased" in results
+               else "eval without --ttt?")
+        data.warnings.append(f"{path} holds no score-first TTT chunks ({why}); no ttt.png for {data.label}")
         return
     sliding = (results.get("sliding") or {}).get("chunks") or []
     if len(sliding) != len(chunks):

@@ -176,7 +176,7 @@ def test_bad_inputs_draw_with_one_warning_each(tmp_path, trained_run):
     result = golfctl("plot", cut, "--out", tmp_path / "png")
     assert result.returncode == 0, result.stderr
     warnings = result.stderr.splitlines()
-    assert len(warnings) == 2 and "cut" in warnings[0] and "no TTT chunks" in warnings[1], result.stderr
+    assert len(warnings) == 2 and "cut" in warnings[0] and "no score-first TTT chunks (eval without --ttt?)" in warnings[1], result.stderr
     assert [p.name for p in (tmp_path / "png").iterdir()] == ["train.png"]
     run = load_run(cut)
     assert len(run.train) + len(run.val) + len(run.loop_steps) + len(run.phases) == len(text.splitlines()) - 1 - sum(
