@@ -28,6 +28,7 @@ import json
 import os
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,30 +92,14 @@ class Split:
     def load_tokens(self, vocab_size: int | None = None) -> np.ndarray:
         """The whole split as one in-memory uint16 stream (meant for the validation split), every shard
         checked as it is read (`_checks`; `vocab_size`, the model's, replaces the split's own)."""
-        out = np.empty(self.tokens, dtype=TOKEN_DTYPE)
-        starts = np.cumsum([0] + [s.tokens for s in self.shards])
-
-        def load(i: int) -> None:
-            shard = self.shards[i]
-            read_shard(shard.path, out[starts[i]:starts[i + 1]], *self._checks(shard, vocab_size))
-
-        map_shards(load, len(self.shards))
-        return out
+        return _read_concatenated(self.shards, lambda shard: self._checks(shard, vocab_size))
 
     def load_target_bytes(self) -> np.ndarray | None:
         """The byte sidecar as one (tokens,) uint16 array, aligned with `load_tokens`: entry t is what target
         position t is worth in BPB. None for a split without a sidecar (its bytes follow the BPB rule)."""
         if self.sidecar is None:
             return None
-        out = np.empty(self.tokens, dtype=TOKEN_DTYPE)
-        starts = np.cumsum([0] + [s.tokens for s in self.sidecar])
-
-        def load(i: int) -> None:
-            shard = self.sidecar[i]
-            read_shard(shard.path, out[starts[i]:starts[i + 1]], shard.sha256 if self.verify else None)
-
-        map_shards(load, len(self.sidecar))
-        return out
+        return _read_concatenated(self.sidecar, lambda shard: (shard.sha256 if self.verify else None,))
 
     def load_shards(self, vocab_size: int | None = None) -> list[np.ndarray]:
         """Each shard memory-mapped (for random access to the training split), checked as `load_tokens` does."""
@@ -124,6 +109,14 @@ class Split:
     def _checks(self, shard: Shard, vocab_size: int | None) -> tuple[str | None, int | None]:
         """(sha256 to verify, vocabulary bound) for `shard`; None: not checked."""
         return (shard.sha256 if self.verify else None), (vocab_size if vocab_size is not None else self.vocab_size)
+
+
+def _read_concatenated(shards: tuple[Shard, ...], checks: Callable[[Shard], tuple]) -> np.ndarray:
+    """The shards read into one uint16 array, in parallel, each checked by `read_shard`'s `checks(shard)`."""
+    out = np.empty(sum(s.tokens for s in shards), dtype=TOKEN_DTYPE)
+    starts = np.cumsum([0] + [s.tokens for s in shards])
+    map_shards(lambda i: read_shard(shards[i].path, out[starts[i]:starts[i + 1]], *checks(shards[i])), len(shards))
+    return out
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,7 @@ from golfctl.precision import autocast
 from golfctl.progress import Progress
 from golfctl.scoring import Sums, Tokens
 from golfctl.shards import BOS_ID
+from golfctl.ttt import ttt_lr
 
 OPTIONAL_ADAPTERS = ("k", "mlp", "o")  # q, v and the head are always adapted (the record's k/mlp/o switches)
 
@@ -170,6 +171,17 @@ def chunk_window(chunk: int, n_pred: int, n_chunks: int, chunk_tokens: int, seq_
     return start, end - start, chunk * chunk_tokens - start, end - chunk * chunk_tokens
 
 
+def document_chunks(length: int, chunk_tokens: int) -> int:
+    """Chunks of a document of `length` tokens (length − 1 targets)."""
+    return -(-(length - 1) // chunk_tokens)
+
+
+def chunk_width(chunk: int, cfg: PhasedTTTConfig) -> int:
+    """Columns of a batch's forward for `chunk`: every window of a chunk that trains has this width (a
+    document's last window may be shorter), the record's `_compute_chunk_window(c, (c+1)·C, c+1, …)`."""
+    return min((chunk + 1) * cfg.chunk_tokens, cfg.seq_len)
+
+
 def phased_ttt(model: GPT, tokens: Tokens, tables: TargetBytes, ctx: DistContext, loops: int, cfg: PhasedTTTConfig,
                progress: Progress | None = None, per_target: bool = False) -> PhasedSums:
     """Score `tokens` by phased LoRA TTT. Mutates the model's weights (the global phases): the caller
@@ -241,7 +253,7 @@ class _Run:
     def score_batch(self, batch: Batch, docs: list[tuple[int, int]], lora: DocumentLoRA) -> None:
         cfg, device = self.cfg, self.ctx.device
         n_pred = [length - 1 for _, length in docs]
-        n_chunks = [-(-n // cfg.chunk_tokens) for n in n_pred]
+        n_chunks = [document_chunks(length, cfg.chunk_tokens) for _, length in docs]
         rows = torch.tensor(batch.docs, device=device)
         opt = torch.optim.AdamW(lora.parameters(), lr=cfg.lora_lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps,
                                 weight_decay=cfg.weight_decay, fused=device.type == "cuda")
@@ -249,7 +261,7 @@ class _Run:
             windows = [chunk_window(chunk, n, c, cfg.chunk_tokens, cfg.seq_len) if chunk < c else (0, 0, 0, 0)
                        for n, c in zip(n_pred, n_chunks)]
             # every window of a chunk that trains has this shape; a document's last window may be shorter
-            width = min((chunk + 1) * cfg.chunk_tokens, cfg.seq_len)
+            width = chunk_width(chunk, cfg)
             train_offset = chunk * cfg.chunk_tokens - max(0, (chunk + 1) * cfg.chunk_tokens - cfg.seq_len)
             x, y, first = self._rows(docs, windows, width)
             trains = torch.tensor([chunk < c - 1 for c in n_chunks], dtype=torch.float32, device=device)  # (N,)
@@ -320,6 +332,14 @@ class _Run:
         return PhasedSums(nll, int(targets), int(n_bytes), self.target_nll, documents, phases)
 
 
+def sgd_chunk_sequences(n_targets: int, cfg: PhasedTTTConfig) -> list[int]:
+    """Sequences of global_seq_len in each chunk of global_chunk_tokens targets that a phase's SGD trains
+    on: every chunk but the last."""
+    n_chunks = -(-n_targets // cfg.global_chunk_tokens)
+    return [(min((c + 1) * cfg.global_chunk_tokens, n_targets) - c * cfg.global_chunk_tokens) // cfg.global_seq_len
+            for c in range(n_chunks - 1)]
+
+
 def global_sgd(model: GPT, tokens: Tensor, cfg: PhasedTTTConfig, ctx: DistContext, loops: int) -> None:
     """SGD on every weight over `tokens` (the scored documents, concatenated): chunks of global_chunk_tokens,
     the last one not trained on; in each, steps of up to global_batch_seqs sequences of global_seq_len, each
@@ -329,18 +349,16 @@ def global_sgd(model: GPT, tokens: Tensor, cfg: PhasedTTTConfig, ctx: DistContex
     Rank independence: a step's row is cut before BOS tokens into one piece per rank (no attention, and no
     SmearGate, crosses a BOS), and each rank's loss is its piece's Σ nll over the row's target count, so the
     summed gradient is the row's mean loss's."""
-    n_targets = tokens.numel() - 1
-    n_chunks = -(-n_targets // cfg.global_chunk_tokens)
+    chunk_seqs = sgd_chunk_sequences(tokens.numel() - 1, cfg)
     params = list(model.parameters())
     opt = torch.optim.SGD(params, lr=cfg.global_lr, momentum=cfg.global_momentum)
     for p in params:
         p.requires_grad_(True)
     model.train()
-    for chunk in range(n_chunks - 1):
+    for chunk, n_seqs in enumerate(chunk_seqs):
         lo = chunk * cfg.global_chunk_tokens
-        n_seqs = (min(lo + cfg.global_chunk_tokens, n_targets) - lo) // cfg.global_seq_len
         for group in opt.param_groups:
-            group["lr"] = cfg.global_lr * 0.5 * (1.0 + math.cos(math.pi * chunk / max(n_chunks - 1, 1)))
+            group["lr"] = ttt_lr(cfg.global_lr, chunk, len(chunk_seqs) + 1)  # score-first TTT's cosine over chunks
         for _ in range(cfg.global_epochs):
             for s in range(0, n_seqs, cfg.global_batch_seqs):
                 e = min(s + cfg.global_batch_seqs, n_seqs)

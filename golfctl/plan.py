@@ -33,7 +33,8 @@ import numpy as np
 from golfctl.config import ModelConfig, TrainConfig, resolve_config
 from golfctl.errors import UserError
 from golfctl.model import layer_sequence, model_flops_per_token
-from golfctl.phased_ttt import PhasedTTTConfig, batch_queue, global_sgd_documents, phase_boundaries, phase_ends
+from golfctl.phased_ttt import (PhasedTTTConfig, batch_queue, chunk_width, document_chunks, global_sgd_documents,
+                                phase_boundaries, phase_ends, sgd_chunk_sequences)
 from golfctl.scoring import sliding_windows, windows_by_chunk
 from golfctl.ttt import TTTConfig, chunk_sequences, step_rows
 
@@ -126,10 +127,10 @@ def phased_work(doc_lengths: list[int], cfg: PhasedTTTConfig, world_size: int, f
         per_rank = [[0, 0, 0] for _ in range(world_size)]  # forward-only tokens, trained tokens, steps
         for batch in queue[start:end + 1]:
             work = per_rank[(batch.queue_index % cfg.lanes) % world_size]
-            chunks = [_ceil_div(doc_lengths[d] - 1, cfg.chunk_tokens) for d in batch.docs]
+            chunks = [document_chunks(doc_lengths[d], cfg.chunk_tokens) for d in batch.docs]
             for c in range(max(chunks)):
                 trains = any(c < n - 1 for n in chunks)
-                work[1 if trains else 0] += len(batch.docs) * min((c + 1) * cfg.chunk_tokens, cfg.seq_len)
+                work[1 if trains else 0] += len(batch.docs) * chunk_width(c, cfg)
                 work[2] += trains * cfg.grad_steps
         busiest = max(per_rank, key=lambda w: w[0] + 3 * w[1])
         forward, train, steps = forward + busiest[0], train + busiest[1], steps + busiest[2]
@@ -137,8 +138,8 @@ def phased_work(doc_lengths: list[int], cfg: PhasedTTTConfig, world_size: int, f
     sgd_tokens = sgd_steps = 0
     for boundary, end in zip(boundaries, ends):  # each phase's SGD on the documents scored so far
         tokens = sum(doc_lengths[d] for d in global_sgd_documents(queue, end, boundary))
-        for i in range(0, tokens, cfg.global_chunk_tokens)[:-1]:  # the last chunk is not trained on
-            seqs = _ceil_div(min(cfg.global_chunk_tokens, tokens - i) // cfg.global_seq_len, world_size)
+        for chunk_seqs in sgd_chunk_sequences(tokens - 1, cfg):
+            seqs = _ceil_div(chunk_seqs, world_size)
             sgd_tokens += cfg.global_epochs * seqs * cfg.global_seq_len
             sgd_steps += cfg.global_epochs * _ceil_div(seqs, cfg.global_batch_seqs)
     adapters = PassWork("phased", len(doc_lengths), _ceil_div(math.ceil(forward * factor), row_len), len(queue), steps,

@@ -24,9 +24,6 @@ from golfctl.budget import EVAL_KEYS, code_bytes
 from golfctl.config import TrainConfig, config_from_dict
 from golfctl.distributed import DistContext, on_main, run_distributed
 from golfctl.errors import UserError
-from golfctl.packed import PackedConfig
-from golfctl.phased_ttt import PhasedTTTConfig
-from golfctl.ttt import TTTConfig
 from stages.ema_finalize import EmaFinalizeConfig, run_ema_finalize
 from stages.evaluate import EvalConfig, run_eval
 from stages.quantize import QuantizeConfig, run_quantize
@@ -61,9 +58,8 @@ def _chain(ctx: DistContext, train: dict, quantize: dict, evaluate: dict) -> Non
             "finalizing the EMA weights")
     on_main(ctx, lambda: run_quantize(QuantizeConfig(model=final, data=data, out=artifact, **quantize)),
             "quantizing")
-    nested = {"ttt_config": _nested(evaluate, "ttt_", TTTConfig),
-              "phased_config": _nested(evaluate, "phased_", PhasedTTTConfig),
-              "packed_config": _nested(evaluate, "packed_", PackedConfig)}
+    nested = {f.name: _nested(evaluate, f.metadata["prefix"] + "_", f.default_factory)
+              for f in dataclasses.fields(EvalConfig) if "prefix" in f.metadata}
     options = {k: v for k, v in evaluate.items() if k in EVAL_KEYS}
     report = run_eval(EvalConfig(model=artifact, data=data, out=OUT / "eval.json", tokenizer=tokenizer, **nested,
                                  **options))
@@ -79,7 +75,7 @@ def _chain(ctx: DistContext, train: dict, quantize: dict, evaluate: dict) -> Non
 
 
 def _nested(evaluate: dict, prefix: str, cls: type):
-    """One nested eval config from the settings' `prefix` keys (`ttt_mode` is EvalConfig's own)."""
+    """One of EvalConfig's nested configs from the settings' `prefix` keys (`ttt_mode` is EvalConfig's own)."""
     names = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k.removeprefix(prefix): v for k, v in evaluate.items()
                   if k.startswith(prefix) and k.removeprefix(prefix) in names})

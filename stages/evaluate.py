@@ -18,7 +18,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -206,12 +206,15 @@ def eval_geometry(cfg: EvalConfig, config) -> tuple[int, int]:
 
 
 def _settings(cfg: EvalConfig) -> dict:
-    """The options as flat JSON values, TTT's under their `ttt_` names (phased TTT's `phased_`)."""
-    flat = {k: v for k, v in asdict(cfg).items()
-            if k not in ("ttt_config", "phased_config", "packed_config", "plan", "preset", "rates")}
-    flat |= {f"ttt_{k}": v for k, v in asdict(cfg.ttt_config).items()}
-    flat |= {f"phased_{k}": v for k, v in asdict(cfg.phased_config).items()}
-    flat |= {f"packed_{k}": v for k, v in asdict(cfg.packed_config).items()}
+    """The options as flat JSON values, a nested config's under its prefix (`ttt_lr`, `phased_lanes`, …),
+    as the command line names them."""
+    flat = {}
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if "prefix" in f.metadata:
+            flat |= {f"{f.metadata['prefix']}_{k}": v for k, v in asdict(value).items()}
+        elif f.name not in ("plan", "preset", "rates"):
+            flat[f.name] = value
     return {k: str(v) if isinstance(v, Path) else v for k, v in flat.items()}
 
 
