@@ -67,12 +67,22 @@ def init_distributed() -> DistContext:
         raise RuntimeError(f"RANK {rank} is not in 0..WORLD_SIZE-1 (WORLD_SIZE={world_size})")
     device = _pick_device(local_rank, world_size)
     if world_size > 1 and not _initialized():
+        _import_dynamo_first()
         if device.type == "cuda":
             # device_id binds this rank to its GPU and lets NCCL connect eagerly.
             dist.init_process_group("nccl", rank=rank, world_size=world_size, device_id=device)
         else:
             dist.init_process_group("gloo", rank=rank, world_size=world_size)
     return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+
+
+def _import_dynamo_first() -> None:
+    """Import torch._dynamo before the process group exists. Imported later (by torch.compile or an
+    optimizer's first step), it indexes torch.distributed's objects, the default group among them,
+    so `destroy_process_group` no longer frees the group: its gloo worker threads then live into
+    interpreter shutdown, and one still releasing a collective's tensors (which takes the GIL)
+    aborts the finished process with SIGABRT ("terminate called without an active exception")."""
+    import torch._dynamo  # noqa: F401
 
 
 def run_distributed(work: Callable[[DistContext], T]) -> T:

@@ -22,26 +22,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rank_main(rank: int, world_size: int, port: int, work: Callable[[DistContext], None],
-               outcomes: str | None) -> None:
+def _rank_main(rank: int, world_size: int, port: int, main: Callable[[], None], outcomes: str | None) -> None:
     torch.set_num_threads(1)  # several ranks share two cores
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     if outcomes is None:
-        run_distributed(work)
+        main()
         return
     start, outcome = time.monotonic(), {"error": None}
     try:
-        run_distributed(work)
+        main()
     except Exception as exc:  # recorded for the test to read
         outcome = {"error": type(exc).__name__, "message": str(exc)}
     outcome["seconds"] = time.monotonic() - start
     Path(outcomes, f"rank{rank}.json").write_text(json.dumps(outcome))
 
 
+def spawn_ranks(main: Callable[[], None], world_size: int = 2) -> None:
+    """Run `main()` in `world_size` processes holding the torchrun environment of one rank each (a
+    module-level function or a partial of one: it is pickled); raise if any fails."""
+    mp.spawn(_rank_main, args=(world_size, free_port(), main, None), nprocs=world_size, join=True)
+
+
 def run_ranks(work: Callable[[DistContext], None], world_size: int = 2) -> None:
-    """Run `work(ctx)` on `world_size` gloo ranks (a module-level function: it is pickled); raise if any fails."""
-    mp.spawn(_rank_main, args=(world_size, free_port(), work, None), nprocs=world_size, join=True)
+    """Run `work(ctx)` on `world_size` gloo ranks, through `run_distributed` as a stage runs; raise if any fails."""
+    spawn_ranks(functools.partial(run_distributed, work), world_size)
 
 
 def _write_result(work: Callable[[DistContext], object], folder: str, ctx: DistContext) -> None:
@@ -58,7 +63,8 @@ def rank_outcomes(work: Callable[[DistContext], None], folder: Path, world_size:
                   timeout: float = 120.0) -> list[dict]:
     """Run `work` on gloo ranks that may fail; each rank's {"error", "message", "seconds"} in rank order.
     A rank still running after `timeout` seconds (hung in a collective) fails the test."""
-    procs = mp.start_processes(_rank_main, args=(world_size, free_port(), work, str(folder)), nprocs=world_size,
+    procs = mp.start_processes(_rank_main, args=(world_size, free_port(), functools.partial(run_distributed, work),
+                                                 str(folder)), nprocs=world_size,
                                join=False, start_method="spawn")
     deadline = time.monotonic() + timeout
     while not procs.join(timeout=max(0.1, deadline - time.monotonic())):

@@ -3,16 +3,21 @@ failing fast: when one rank raises, every rank ends promptly with a clear error.
 
 from __future__ import annotations
 
+import functools
+import json
 import time
+import weakref
+from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from golfctl.distributed import (PeerFailed, agree, all_reduce_float64, all_reduce_gradients, broadcast_,
                                  init_distributed, mean_over_ranks, on_main, run_distributed, share, single_process)
 from golfctl.errors import UserError
-from ranks import rank_outcomes, rank_results
+from ranks import rank_outcomes, rank_results, spawn_ranks
 
 
 def collectives(ctx) -> dict:
@@ -42,6 +47,26 @@ def test_collectives_on_two_ranks(tmp_path):
         assert result["grads"] == [[1.5] * 3, [[15.0] * 2] * 2, True, [2.0, 1.0]]
         assert result["written_by_main"] == ("done" if rank == 0 else None)
     assert got[0]["share"] + got[1]["share"] == [0, 1, 2, 3, 4]  # contiguous, disjoint, complete
+
+
+def _group_freed_after_leaving(folder: str) -> None:
+    """A stage whose work imports torch._dynamo (torch.compile and optimizer steps do), then leaves:
+    writes whether the process group is freed, so that its gloo worker threads are joined before
+    interpreter shutdown (a worker still alive then can abort the finished process)."""
+    group = {}
+
+    def work(ctx):
+        import torch._dynamo  # noqa: F401
+        all_reduce_float64([1.0], ctx)
+        group["ref"], group["rank"] = weakref.ref(dist.distributed_c10d._get_default_group()), ctx.rank
+
+    run_distributed(work)
+    Path(folder, f"rank{group['rank']}.json").write_text(json.dumps(group["ref"]() is None))
+
+
+def test_leaving_frees_the_process_group(tmp_path):
+    spawn_ranks(functools.partial(_group_freed_after_leaving, str(tmp_path)))
+    assert [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)] == [True, True]
 
 
 def test_single_process_without_torchrun_env(monkeypatch):
