@@ -49,6 +49,11 @@ def run_ranks(work: Callable[[DistContext], None], world_size: int = 2) -> None:
     spawn_ranks(functools.partial(run_distributed, work), world_size)
 
 
+def read_rank_files(folder: Path, world_size: int = 2) -> list:
+    """The JSON each rank wrote to `folder`/rank{r}.json, in rank order."""
+    return [json.loads((folder / f"rank{r}.json").read_text()) for r in range(world_size)]
+
+
 def _write_result(work: Callable[[DistContext], object], folder: str, ctx: DistContext) -> None:
     Path(folder, f"rank{ctx.rank}.json").write_text(json.dumps(work(ctx)))
 
@@ -56,7 +61,7 @@ def _write_result(work: Callable[[DistContext], object], folder: str, ctx: DistC
 def rank_results(work: Callable[[DistContext], object], folder: Path, world_size: int = 2) -> list:
     """What `work(ctx)` returns (JSON-able) on each of `world_size` gloo ranks, in rank order."""
     run_ranks(functools.partial(_write_result, work, str(folder)), world_size)
-    return [json.loads((folder / f"rank{r}.json").read_text()) for r in range(world_size)]
+    return read_rank_files(folder, world_size)
 
 
 def rank_outcomes(work: Callable[[DistContext], None], folder: Path, world_size: int = 2,
@@ -72,4 +77,4 @@ def rank_outcomes(work: Callable[[DistContext], None], folder: Path, world_size:
             for p in procs.processes:
                 p.kill()
             raise AssertionError(f"ranks still running after {timeout:.0f}s: a rank hangs in a collective")
-    return [json.loads((folder / f"rank{r}.json").read_text()) for r in range(world_size)]
+    return read_rank_files(folder, world_size)

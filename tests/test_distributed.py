@@ -17,7 +17,7 @@ from torch import nn
 from golfctl.distributed import (PeerFailed, agree, all_reduce_float64, all_reduce_gradients, broadcast_,
                                  init_distributed, mean_over_ranks, on_main, run_distributed, share, single_process)
 from golfctl.errors import UserError
-from ranks import rank_outcomes, rank_results, spawn_ranks
+from ranks import rank_outcomes, rank_results, read_rank_files, spawn_ranks
 
 
 def collectives(ctx) -> dict:
@@ -66,7 +66,7 @@ def _group_freed_after_leaving(folder: str) -> None:
 
 def test_leaving_frees_the_process_group(tmp_path):
     spawn_ranks(functools.partial(_group_freed_after_leaving, str(tmp_path)))
-    assert [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)] == [True, True]
+    assert read_rank_files(tmp_path) == [True, True]
 
 
 def test_single_process_without_torchrun_env(monkeypatch):
